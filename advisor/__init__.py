@@ -1,0 +1,1 @@
+"""advisor: decides which gpu_lock settings to roll out, and how."""
