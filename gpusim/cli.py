@@ -1,0 +1,221 @@
+"""The `gpusim` command: thin typer commands over `simulate()` and `compare`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gpusim.cluster import Cluster, default_cluster, load_cluster
+from gpusim.config import load_lock_settings
+from gpusim.errors import InputError
+
+app = typer.Typer(help="Simulate YiVideo's Redis GPU lock on recorded traces.",
+                  no_args_is_help=True, add_completion=False)
+
+
+class _Consoles:
+    """Rich consoles made at print time (tests swap stdout); wide when output is not a tty."""
+
+    @property
+    def out(self) -> Console:
+        return Console(width=None if sys.stdout.isatty() else 140)
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+_consoles = _Consoles()
+
+EXIT_FAIL = 1
+EXIT_BAD_INPUT = 2
+
+
+def bad_input(e: InputError) -> typer.Exit:
+    _consoles.err.print(f"[bold red]error:[/] {escape(e.render())}", highlight=False,
+                        soft_wrap=True)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def _cluster(path: Optional[Path], options: list[str]) -> Cluster:
+    cluster = load_cluster(path) if path is not None else default_cluster()
+    if options:
+        changes = {}
+        known = set(cluster.options.model_fields)
+        for opt in options:
+            name, _, value = opt.partition("=")
+            name = name.strip().replace("-", "_")
+            if name not in known:
+                raise InputError(f"unknown option; known: {', '.join(sorted(known))}",
+                                 field=f"--option {name}")
+            v = value.strip().lower() if value else "true"
+            if v not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise InputError("expected true or false", field=f"--option {name}")
+            changes[name] = v in ("true", "1", "yes", "on")
+        cluster = cluster.with_options(**changes)
+    return cluster
+
+
+TraceArg = Annotated[Path, typer.Argument(help="Trace file (.jsonl or .csv, see traces/README.md)")]
+ClusterOpt = Annotated[Optional[Path], typer.Option("--cluster", "-k",
+                                                    help="Cluster YAML (default: one host, one GPU)")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every random stream")]
+RepsOpt = Annotated[int, typer.Option("--replications", "-r", min=1,
+                                      help="Independent seeded replications (95% intervals)")]
+EngineOpt = Annotated[str, typer.Option(help="fast (default) or reference (poll by poll)")]
+JobsOpt = Annotated[int, typer.Option(min=1, help="Processes for replications")]
+OptionOpt = Annotated[list[str], typer.Option(
+    "--option", "-o", help="Model option NAME[=true|false], e.g. unique_owner_token")]
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_result(res, title: str) -> None:  # noqa: ANN001 - SimulationResult
+    m, ci = res.metrics, res.ci95
+    t = Table(title=title, show_lines=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("95% CI", justify="right")
+    for key in ("tasks", "success_rate", "timeout_rate", "wait_mean_s", "wait_p50_s",
+                "wait_p95_s", "wait_p99_s", "wait_max_s", "queue_wait_mean_s", "latency_mean_s",
+                "polls", "redis_ops_per_s", "redis_ops_per_s_peak_1m", "redis_cpu_utilization",
+                "redis_cpu_utilization_peak_1m", "gpu_utilization", "lock_expired_while_held",
+                "lock_lost_while_held", "double_occupancy_s", "emergency_deletes",
+                "missed_wakeups", "event_fallbacks"):
+        c = ci.get(key)
+        t.add_row(key, _fmt(m.get(key)), f"[{_fmt(c[0])}, {_fmt(c[1])}]" if c else "")
+    cmds = m["redis_commands"]
+    t.add_row("redis commands", " ".join(f"{k}={_fmt(v)}" for k, v in cmds.items() if v), "")
+    _consoles.out.print(t)
+    bt = Table(title="by task type")
+    cols = ("tasks", "success_rate", "timeout_rate", "wait_mean_s", "wait_p95_s",
+            "latency_mean_s")
+    bt.add_column("task type")
+    for c in cols:
+        bt.add_column(c, justify="right")
+    for ttype, tm in res.by_task_type.items():
+        bt.add_row(ttype, *(_fmt(tm.get(c)) for c in cols))
+    _consoles.out.print(bt)
+
+
+@app.command()
+def simulate(
+    trace: TraceArg,
+    config: Annotated[Path, typer.Option("--config", "-c",
+                                         help="YiVideo config.yml or bare gpu_lock YAML")],
+    cluster: ClusterOpt = None,
+    seed: SeedOpt = 0,
+    replications: RepsOpt = 1,
+    engine: EngineOpt = "reference",
+    jobs: JobsOpt = 1,
+    option: OptionOpt = [],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result JSON")] = None,
+    records: Annotated[Optional[Path], typer.Option(help="Write per-task records (JSONL)")] = None,
+) -> None:
+    """Replay TRACE under one gpu_lock config and report waits, timeouts, safety, Redis load."""
+    from gpusim.engine import records_jsonl, simulate as run
+    from gpusim.output import atomic_write_text
+    from gpusim.trace import load_trace
+    try:
+        tr = load_trace(trace)
+        settings = load_lock_settings(config)
+        cl = _cluster(cluster, option)
+        res = run(tr, settings, cl, seed=seed, replications=replications, engine=engine,
+                  jobs=jobs)
+    except InputError as e:
+        raise bad_input(e) from None
+    print_result(res, f"{trace} under {config}")
+    if json_out is not None:
+        atomic_write_text(json_out, res.dumps())
+    if records is not None:
+        atomic_write_text(records, "".join(records_jsonl(r.records) for r in res.replications))
+
+
+@app.command()
+def compare(
+    trace: TraceArg,
+    baseline: Annotated[Path, typer.Option(help="Today's config.yml")],
+    candidate: Annotated[Path, typer.Option(help="The config to judge")],
+    cluster: ClusterOpt = None,
+    thresholds: Annotated[Optional[Path], typer.Option(help="Thresholds YAML (default: spec)")] = None,
+    seed: SeedOpt = 0,
+    replications: RepsOpt = 3,
+    engine: EngineOpt = "reference",
+    jobs: JobsOpt = 1,
+    option: OptionOpt = [],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the comparison JSON")] = None,
+) -> None:
+    """Replay TRACE under both configs (common random numbers) and apply the spec's gates.
+
+    Exit code 0 when every gate passes, 1 when any fails, 2 on bad input."""
+    from advisor.thresholds import load_thresholds
+    from gpusim.compare import compare_json, judge, summary_rows
+    from gpusim.engine import simulate as run
+    from gpusim.output import atomic_write_text
+    from gpusim.trace import load_trace
+    try:
+        tr = load_trace(trace)
+        base_s = load_lock_settings(baseline)
+        cand_s = load_lock_settings(candidate)
+        th = load_thresholds(thresholds)
+        cl = _cluster(cluster, option)
+        kw = dict(seed=seed, replications=replications, engine=engine, jobs=jobs)
+        base = run(tr, base_s, cl, **kw)
+        cand = run(tr, cand_s, cl, **kw)
+    except InputError as e:
+        raise bad_input(e) from None
+    side = Table(title=f"{trace}: baseline {baseline} vs candidate {candidate}")
+    side.add_column("metric")
+    side.add_column("baseline", justify="right")
+    side.add_column("candidate", justify="right")
+    for k, b, c in summary_rows(base, cand):
+        side.add_row(k, _fmt(b), _fmt(c))
+    _consoles.out.print(side)
+    rows = judge(base, cand, th)
+    t = Table(title="acceptance (GPU_LOCK_CONFIG_001)")
+    for col in ("criterion", "value", "95% CI", "threshold", "margin", "result"):
+        t.add_column(col, justify="left" if col == "criterion" else "right")
+    for r in rows:
+        t.add_row(r.name, _fmt(r.value),
+                  f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]" if r.ci95 else "",
+                  f"{r.op} {_fmt(r.threshold)}", _fmt(r.margin),
+                  "[green]PASS[/]" if r.passed else "[red]FAIL[/]")
+    _consoles.out.print(t)
+    if json_out is not None:
+        atomic_write_text(json_out, compare_json(base, cand, th, rows))
+    passed = all(r.passed for r in rows)
+    _consoles.out.print("[green]all gates pass[/]" if passed else "[red]at least one gate fails[/]")
+    raise typer.Exit(0 if passed else EXIT_FAIL)
+
+
+def _mount_subcommands() -> None:
+    from gpusim.cli_trace import trace_app
+    app.add_typer(trace_app, name="trace", help="Make, import and check traces.")
+    try:
+        from gpusim.cli_redis import register
+    except ImportError:  # pragma: no cover - during development only
+        return
+    register(app)
+
+
+_mount_subcommands()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""`simulate()`: the one typed entry point the CLI, the notebooks and the advisor call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from gpusim import __version__
+from gpusim.cluster import Cluster, default_cluster
+from gpusim.config import GpuLockConfig, LockSettings
+from gpusim.errors import InputError
+from gpusim.metrics import by_task_type, combine, run_metrics
+from gpusim.model import Model
+from gpusim.records import RunLog, TaskRecord
+from gpusim.trace import Trace
+
+RESULT_SCHEMA = "gpusim.result/1"
+ENGINES = ("reference",)
+
+
+@dataclass(frozen=True)
+class ReplicationResult:
+    replication: int
+    log: RunLog
+    metrics: dict[str, Any]
+    by_task_type: dict[str, dict[str, Any]]
+
+    @property
+    def records(self) -> tuple[TaskRecord, ...]:
+        return self.log.records
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    inputs: dict[str, Any]
+    metrics: dict[str, Any]
+    ci95: dict[str, Any]
+    by_task_type: dict[str, dict[str, Any]]
+    replications: list[ReplicationResult] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable({
+            "schema": RESULT_SCHEMA,
+            "inputs": self.inputs,
+            "metrics": self.metrics,
+            "ci95": self.ci95,
+            "by_task_type": self.by_task_type,
+            "replications": [{"replication": r.replication, "metrics": r.metrics,
+                              "by_task_type": r.by_task_type} for r in self.replications],
+        })
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON types; NaN/inf become null so the output is strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def as_settings(settings: LockSettings | GpuLockConfig) -> LockSettings:
+    if isinstance(settings, GpuLockConfig):
+        return LockSettings(gpu_lock=settings, source="<memory>")
+    return settings
+
+
+def check_fits(trace: Trace, cluster: Cluster) -> None:
+    """Every task must be placeable: its node exists, its GPU exists, a service runs its type."""
+    nodes = cluster.node_by_name()
+    for task in trace.tasks:
+        if task.node is not None and task.node not in nodes:
+            raise InputError(f"node '{task.node}' is not in the cluster (nodes: "
+                             f"{', '.join(nodes)})", file=trace.source, line=task.line,
+                             field="node")
+        if task.gpu is not None and cluster.gpu_policy == "pinned":
+            gpus = (nodes[task.node].gpus if task.node is not None
+                    else min(n.gpus for n in cluster.nodes))
+            if task.gpu >= gpus:
+                raise InputError(f"gpu {task.gpu} does not exist (the node has {gpus} "
+                                 f"GPU(s))", file=trace.source, line=task.line, field="gpu")
+        try:
+            cluster.service_of(task.task_type)
+        except KeyError:
+            raise InputError(f"no service in the cluster runs task type "
+                             f"'{task.task_type}'", file=trace.source, line=task.line,
+                             field="task_type") from None
+
+
+def trace_digest(trace: Trace) -> str:
+    h = hashlib.sha256()
+    for t in trace.tasks:
+        h.update(repr((t.task_id, t.task_type, t.arrival_s, t.duration_s, t.node, t.gpu,
+                       t.crashed)).encode())
+    return h.hexdigest()
+
+
+def node_settings(cluster: Cluster, settings: LockSettings) -> list[LockSettings]:
+    return [n.settings or settings for n in cluster.nodes]
+
+
+def run_replication(trace: Trace, cluster: Cluster, settings: LockSettings, *, seed: int,
+                    replication: int, engine: str = "reference",
+                    time_scale: float = 1.0) -> ReplicationResult:
+    model_cls = engine_class(engine)
+    model = model_cls(trace, cluster, node_settings(cluster, settings), seed=seed,
+                      replication=replication, time_scale=time_scale)
+    log = model.run()
+    return ReplicationResult(replication, log, run_metrics(log, cluster.redis),
+                             by_task_type(log.records))
+
+
+def engine_class(engine: str) -> type[Model]:
+    if engine == "reference":
+        return Model
+    if engine == "fast":
+        from gpusim.engine_fast import FastModel
+        return FastModel
+    raise InputError(f"unknown engine '{engine}' (choose reference or fast)", field="engine")
+
+
+def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
+             cluster: Cluster | None = None, *, seed: int = 0, replications: int = 1,
+             engine: str = "reference", time_scale: float = 1.0,
+             jobs: int = 1) -> SimulationResult:
+    """Replay `trace` under `settings` on `cluster`, `replications` times with seeds derived
+    from `seed`; replication r uses the same random streams whatever the config (CRN)."""
+    if replications < 1:
+        raise InputError("must be >= 1", field="replications")
+    if not (time_scale > 0 and math.isfinite(time_scale)):
+        raise InputError("must be a positive number", field="time_scale")
+    cluster = cluster or default_cluster()
+    settings = as_settings(settings)
+    check_fits(trace, cluster)
+    engine_class(engine)
+    reps = _run_all(trace, cluster, settings, seed, replications, engine, time_scale, jobs)
+    metrics, ci95 = combine([r.metrics for r in reps])
+    per_type_means = {}
+    for ttype in reps[0].by_task_type:
+        per_type_means[ttype], _ = combine([r.by_task_type[ttype] for r in reps])
+    inputs = {
+        "gpusim_version": __version__,
+        "trace": {"source": trace.source, "tasks": len(trace), "sha256": trace_digest(trace)},
+        "gpu_lock": settings.gpu_lock.model_dump(),
+        "gpu_lock_monitor": settings.gpu_lock_monitor.model_dump(),
+        "config_source": settings.source,
+        "cluster": cluster_summary(cluster),
+        "seed": seed, "replications": replications, "time_scale": time_scale,
+    }
+    return SimulationResult(inputs, metrics, ci95, per_type_means, reps)
+
+
+def _run_all(trace: Trace, cluster: Cluster, settings: LockSettings, seed: int,
+             replications: int, engine: str, time_scale: float,
+             jobs: int) -> list[ReplicationResult]:
+    if jobs <= 1 or replications == 1:
+        return [run_replication(trace, cluster, settings, seed=seed, replication=r,
+                                engine=engine, time_scale=time_scale)
+                for r in range(replications)]
+    from gpusim.parallel import run_parallel
+    return run_parallel(trace, cluster, settings, seed, replications, engine, time_scale, jobs)
+
+
+def cluster_summary(cluster: Cluster) -> dict[str, Any]:
+    return {
+        "source": cluster.source,
+        "nodes": [{"name": n.name, "gpus": n.gpus,
+                   "config": n.settings.source if n.settings else None} for n in cluster.nodes],
+        "gpu_policy": cluster.gpu_policy,
+        "workers_per_service": cluster.workers_per_service,
+        "services": ({k: v.model_dump() for k, v in cluster.services.items()}
+                     if cluster.services else None),
+        "redis": cluster.redis.model_dump(),
+        "options": cluster.options.model_dump(),
+    }
+
+
+def records_jsonl(records: Sequence[TaskRecord]) -> str:
+    return "".join(json.dumps(jsonable(r.to_json()), sort_keys=True) + "\n" for r in records)

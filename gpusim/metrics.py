@@ -1,0 +1,204 @@
+"""Metrics: pure functions of a run's records and logs. Names live in one Enum."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from gpusim.cluster import COMMANDS, RedisModel
+from gpusim.records import RunLog, TaskRecord
+from gpusim.redis_model import MINUTE
+
+
+class Metric(str, Enum):
+    TASKS = "tasks"
+    ACQUIRED = "acquired"
+    CRASHED = "crashed"
+    TIMEOUTS = "timeouts"
+    SUCCESS_RATE = "success_rate"          # completed with the lock / tasks
+    TIMEOUT_RATE = "timeout_rate"          # gave up waiting (GPU_LOCK_TIMEOUT) / tasks
+    CRASH_RATE = "crash_rate"
+    WAIT_MEAN = "wait_mean_s"              # lock wait of every task, acquired or not
+    WAIT_P50 = "wait_p50_s"
+    WAIT_P95 = "wait_p95_s"
+    WAIT_P99 = "wait_p99_s"
+    WAIT_MAX = "wait_max_s"
+    WAIT_MEAN_ACQUIRED = "wait_mean_acquired_s"
+    QUEUE_WAIT_MEAN = "queue_wait_mean_s"  # waiting for a Celery worker slot
+    QUEUE_WAIT_P95 = "queue_wait_p95_s"
+    LATENCY_MEAN = "latency_mean_s"        # arrival to slot freed
+    LATENCY_P95 = "latency_p95_s"
+    POLLS = "polls"                        # lock tries (GET rounds)
+    REDIS_COMMANDS = "redis_commands"
+    REDIS_COMMANDSTATS = "redis_commandstats"
+    REDIS_OPS_PER_S = "redis_ops_per_s"
+    REDIS_OPS_PER_S_PEAK_1M = "redis_ops_per_s_peak_1m"
+    REDIS_CPU_S = "redis_cpu_s"
+    REDIS_CPU_UTILIZATION = "redis_cpu_utilization"
+    REDIS_CPU_UTILIZATION_PEAK_1M = "redis_cpu_utilization_peak_1m"
+    GPU_UTILIZATION = "gpu_utilization"
+    LOCK_EXPIRED_WHILE_HELD = "lock_expired_while_held"
+    LOCK_LOST_WHILE_HELD = "lock_lost_while_held"
+    DOUBLE_OCCUPANCY_S = "double_occupancy_s"
+    EMERGENCY_DELETES = "emergency_deletes"
+    FOREIGN_LOCK_DELETES = "foreign_lock_deletes"
+    MISSED_WAKEUPS = "missed_wakeups"
+    EVENT_FALLBACKS = "event_fallbacks"
+    SILENT_FREES = "silent_frees"
+    HORIZON = "horizon_s"
+
+
+PER_TYPE = (Metric.TASKS, Metric.SUCCESS_RATE, Metric.TIMEOUT_RATE, Metric.CRASH_RATE,
+            Metric.WAIT_MEAN, Metric.WAIT_P50, Metric.WAIT_P95, Metric.WAIT_P99, Metric.WAIT_MAX,
+            Metric.QUEUE_WAIT_MEAN, Metric.LATENCY_MEAN, Metric.LATENCY_P95, Metric.POLLS,
+            Metric.LOCK_LOST_WHILE_HELD)
+
+
+def _pct(x: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(x, q)) if len(x) else None
+
+
+def task_metrics(records: Sequence[TaskRecord]) -> dict[str, Any]:
+    """Metrics that depend on the task records alone (used overall and per task type)."""
+    n = len(records)
+    out = {c: 0 for c in ("acquired", "crashed", "timeout")}
+    for r in records:
+        out[r.outcome] += 1
+    wait = np.array([r.wait_s for r in records], dtype=float)
+    acq_wait = np.array([r.wait_s for r in records if r.outcome != "timeout"], dtype=float)
+    queue = np.array([r.slot_s - r.arrival_s for r in records], dtype=float)
+    latency = np.array([r.end_s - r.arrival_s for r in records], dtype=float)
+    return {
+        Metric.TASKS.value: n,
+        Metric.ACQUIRED.value: out["acquired"],
+        Metric.CRASHED.value: out["crashed"],
+        Metric.TIMEOUTS.value: out["timeout"],
+        Metric.SUCCESS_RATE.value: out["acquired"] / n if n else None,
+        Metric.TIMEOUT_RATE.value: out["timeout"] / n if n else None,
+        Metric.CRASH_RATE.value: out["crashed"] / n if n else None,
+        Metric.WAIT_MEAN.value: float(wait.mean()) if n else None,
+        Metric.WAIT_P50.value: _pct(wait, 50),
+        Metric.WAIT_P95.value: _pct(wait, 95),
+        Metric.WAIT_P99.value: _pct(wait, 99),
+        Metric.WAIT_MAX.value: float(wait.max()) if n else None,
+        Metric.WAIT_MEAN_ACQUIRED.value: float(acq_wait.mean()) if len(acq_wait) else None,
+        Metric.QUEUE_WAIT_MEAN.value: float(queue.mean()) if n else None,
+        Metric.QUEUE_WAIT_P95.value: _pct(queue, 95),
+        Metric.LATENCY_MEAN.value: float(latency.mean()) if n else None,
+        Metric.LATENCY_P95.value: _pct(latency, 95),
+        Metric.POLLS.value: int(sum(r.attempts for r in records)),
+        Metric.LOCK_EXPIRED_WHILE_HELD.value: sum(r.lost_reason == "expired" for r in records),
+        Metric.LOCK_LOST_WHILE_HELD.value: sum(r.lost_reason is not None for r in records),
+        Metric.MISSED_WAKEUPS.value: int(sum(r.missed_wakeups for r in records)),
+        Metric.EVENT_FALLBACKS.value: sum(r.fell_back for r in records),
+    }
+
+
+def gpu_occupancy(records: Iterable[TaskRecord], gpus: Sequence[tuple[str, int]],
+                  horizon: float) -> tuple[float, float]:
+    """(mean utilisation over GPUs, seconds with two or more tasks running on one GPU)."""
+    by_gpu: dict[tuple[str, int], list[tuple[float, int]]] = {g: [] for g in gpus}
+    for r in records:
+        if r.acquired_s is None or r.gpu_end_s is None or r.gpu_end_s <= r.acquired_s:
+            continue
+        ev = by_gpu[(r.node, r.gpu)]
+        ev.append((r.acquired_s, 1))
+        ev.append((r.gpu_end_s, -1))
+    busy_total = double = 0.0
+    for ev in by_gpu.values():
+        ev.sort()  # ends sort before starts at one instant: back-to-back is not overlap
+        level, last = 0, 0.0
+        for t, d in ev:
+            if level >= 1:
+                busy_total += t - last
+            if level >= 2:
+                double += t - last
+            level += d
+            last = t
+    util = busy_total / (horizon * len(gpus)) if horizon > 0 and gpus else 0.0
+    return util, double
+
+
+def redis_load(log: RunLog, redis: RedisModel) -> dict[str, Any]:
+    cpu_vec = np.array([redis.cpu_us.get(c, 0.0) for c in COMMANDS]) * 1e-6
+    per_sub = redis.cpu_us["PUBLISH_PER_SUBSCRIBER"] * 1e-6
+    minute_ops = log.minute_commands.sum(axis=1)
+    minute_cpu = log.minute_commands @ cpu_vec + log.minute_deliveries * per_sub
+    background = redis.background_ops_per_s * redis.background_cpu_us * 1e-6
+    horizon = log.horizon_s
+    total_cmds = int(sum(log.commands.values()))
+    cpu_s = float(sum(log.commands[c] * cpu_vec[i] for i, c in enumerate(COMMANDS))
+                  + log.deliveries * per_sub)
+    # A partial last minute is scaled by its true length, not by 60 s.
+    full = int(horizon // MINUTE)
+    lengths = np.full(len(minute_ops), MINUTE)
+    if full < len(lengths):
+        lengths[full] = max(horizon - full * MINUTE, 1e-9)
+        lengths[full + 1:] = MINUTE
+    peak_ops = float((minute_ops / lengths).max()) if len(minute_ops) else 0.0
+    peak_cpu = float((minute_cpu / lengths).max()) if len(minute_cpu) else 0.0
+    return {
+        Metric.REDIS_COMMANDS.value: dict(log.commands),
+        Metric.REDIS_COMMANDSTATS.value: dict(log.commandstats),
+        Metric.REDIS_OPS_PER_S.value: total_cmds / horizon if horizon > 0 else 0.0,
+        Metric.REDIS_OPS_PER_S_PEAK_1M.value: peak_ops,
+        Metric.REDIS_CPU_S.value: cpu_s,
+        Metric.REDIS_CPU_UTILIZATION.value: (cpu_s / horizon if horizon > 0 else 0.0)
+        + background,
+        Metric.REDIS_CPU_UTILIZATION_PEAK_1M.value: peak_cpu + background,
+    }
+
+
+def run_metrics(log: RunLog, redis: RedisModel) -> dict[str, Any]:
+    m = task_metrics(log.records)
+    m.update(redis_load(log, redis))
+    util, double = gpu_occupancy(log.records, log.gpus, log.horizon_s)
+    m[Metric.GPU_UTILIZATION.value] = util
+    m[Metric.DOUBLE_OCCUPANCY_S.value] = double
+    m[Metric.EMERGENCY_DELETES.value] = log.commands["DEL"] - sum(
+        1 for h in log.holds if h.end_reason == "monitor_deleted")
+    m[Metric.FOREIGN_LOCK_DELETES.value] = sum(r.deleted_other for r in log.records)
+    m[Metric.SILENT_FREES.value] = sum(
+        h.end_reason in ("expired", "emergency_deleted", "monitor_deleted") for h in log.holds)
+    m[Metric.HORIZON.value] = log.horizon_s
+    return m
+
+
+def by_task_type(records: Sequence[TaskRecord]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[TaskRecord]] = {}
+    for r in records:
+        groups.setdefault(r.task_type, []).append(r)
+    keep = {m.value for m in PER_TYPE}
+    return {t: {k: v for k, v in task_metrics(rs).items() if k in keep}
+            for t, rs in sorted(groups.items())}
+
+
+# -- across replications -------------------------------------------------------------------------
+def mean_ci(values: Sequence[float]) -> tuple[float, list[float] | None]:
+    """Mean and Student-t 95% interval over independent replications (None with one)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, [mean - half, mean + half]
+
+
+def combine(per_rep: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Means (and nested dicts of means) across replications, and their 95% intervals."""
+    means: dict[str, Any] = {}
+    cis: dict[str, Any] = {}
+    for key in per_rep[0]:
+        vals = [m[key] for m in per_rep]
+        if isinstance(vals[0], dict):
+            sub = combine(vals)
+            means[key], cis[key] = sub
+        elif any(v is None for v in vals):
+            means[key], cis[key] = None, None
+        else:
+            means[key], cis[key] = mean_ci(vals)
+    return means, cis

@@ -1,0 +1,72 @@
+"""Hypothesis strategies: random traces, lock configs and clusters small enough to run fast."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from gpusim.cluster import ClusterSpec, build_cluster
+from gpusim.config import GpuLockConfig
+from gpusim.trace import trace_from_rows
+
+TYPES = ("ocr", "ffmpeg", "whisper")
+
+
+@st.composite
+def clusters(draw, allow_monitor: bool = True):
+    nodes = draw(st.integers(1, 2))
+    gpus = draw(st.integers(1, 3))
+    spec = ClusterSpec(
+        nodes=nodes, gpus_per_node=gpus,
+        gpu_policy=draw(st.sampled_from(["pinned", "round_robin", "probe_all"])),
+        workers_per_service=draw(st.integers(1, 4)),
+        redis={"rtt_s": draw(st.sampled_from([0.0, 0.0002, 0.003, 0.05])),
+               "client_subscribe_delay_s": draw(st.sampled_from([0.0, 0.0005, 0.02]))},
+        options={"unique_owner_token": draw(st.booleans()),
+                 "emergency_delete": draw(st.booleans()),
+                 "monitor": draw(st.booleans()) if allow_monitor else False,
+                 "shared_keys_across_nodes": draw(st.booleans())})
+    return build_cluster(spec)
+
+
+@st.composite
+def traces(draw, cluster, max_tasks: int = 25):
+    n = draw(st.integers(1, max_tasks))
+    rows = []
+    integer_times = draw(st.booleans())  # exact ties between arrivals exercise tie-breaking
+    for _ in range(n):
+        if integer_times:
+            arrival = float(draw(st.integers(0, 60)))
+            duration = float(draw(st.integers(1, 80)))
+        else:
+            arrival = draw(st.floats(0, 200, allow_nan=False))
+            duration = draw(st.floats(0.05, 120, allow_nan=False))
+        row = {"task_type": draw(st.sampled_from(TYPES)), "arrival_s": arrival,
+               "duration_s": duration, "crashed": draw(st.booleans().map(lambda b: b and
+                                                                       draw(st.booleans())))}
+        if draw(st.booleans()):
+            node = draw(st.sampled_from(cluster.nodes))
+            row["node"] = node.name
+            row["gpu"] = draw(st.integers(0, node.gpus - 1))
+        rows.append(row)
+    return trace_from_rows(rows)
+
+
+@st.composite
+def lock_configs(draw):
+    poll = draw(st.sampled_from([0.05, 0.3, 0.5, 1.0, 2.0]))
+    return GpuLockConfig(
+        poll_interval=poll,
+        max_poll_interval=poll * draw(st.sampled_from([1.0, 2.0, 10.0])),
+        max_wait_time=draw(st.sampled_from([1.0, 5.0, 30.0, 300.0])),
+        lock_timeout=draw(st.sampled_from([1, 10, 60, 600])),
+        exponential_backoff=draw(st.booleans()),
+        use_event_driven=draw(st.booleans()),
+        fallback_timeout=draw(st.sampled_from([0.5, 5.0, 30.0])),
+    )
+
+
+@st.composite
+def scenarios(draw, allow_monitor: bool = True, max_tasks: int = 25):
+    cluster = draw(clusters(allow_monitor))
+    trace = draw(traces(cluster, max_tasks))
+    return trace, cluster, draw(lock_configs()), draw(st.integers(0, 2**32 - 1))
