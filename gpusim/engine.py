@@ -18,7 +18,7 @@ from gpusim.records import RunLog, TaskRecord
 from gpusim.trace import Trace
 
 RESULT_SCHEMA = "gpusim.result/1"
-ENGINES = ("reference",)
+ENGINES = ("fast", "reference")
 
 
 @dataclass(frozen=True)

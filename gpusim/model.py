@@ -16,7 +16,7 @@ Timing conventions (seconds; time 0 is the first arrival):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from heapq import heappush
 from typing import Any, Generator
 
@@ -72,6 +72,9 @@ class MonitorParams:
 class Env(simpy.Environment):
     """SimPy environment that schedules at absolute times (no now + (t - now) rounding)."""
 
+    def event(self) -> Event:
+        return Event(self)
+
     def at(self, t: float, prio: int) -> Event:
         ev = Event(self)
         ev._ok = True
@@ -85,7 +88,7 @@ class Env(simpy.Environment):
         heappush(self._queue, (t, prio, next(self._eid), ev))
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRun:
     """Mutable per-task state during a run; frozen into a TaskRecord at the end."""
 
@@ -117,7 +120,6 @@ class TaskRun:
     flag: bool = False
     waiting: Event | None = None
     wait_gen: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Model:
@@ -130,7 +132,7 @@ class Model:
         self.trace = trace
         self.cluster = cluster
         self.time_scale = float(time_scale)
-        self.env = Env()
+        self.env = self.make_env()
         self.h = cluster.redis.rtt_s / 2.0
         self.subscribe_delay = cluster.redis.client_subscribe_delay_s
         self.params = [LockParams.from_config(s.gpu_lock, time_scale) for s in settings]
@@ -140,6 +142,8 @@ class Model:
         self.jitter_key = stream_key(seed, replication, "jitter")
         self.runs: list[TaskRun] = []
         self.node_names = [n.name for n in cluster.nodes]
+        self.node_index = {n.name: n.index for n in cluster.nodes}
+        self.all_nodes = tuple(range(len(cluster.nodes)))
         services = {}
         for t in trace.task_types:
             svc = cluster.service_of(t)
@@ -149,6 +153,9 @@ class Model:
         self.pending_sub: dict[str, set[int]] = {}
         self.remaining = len(trace)
         self.monitor_prio = PRIO_TASK0 + len(trace)
+
+    def make_env(self) -> Env:
+        return Env()
 
     # -- keys ----------------------------------------------------------------------------------
     def key_name(self, node: int, gpu: int) -> str:
@@ -193,13 +200,11 @@ class Model:
         env, task = self.env, run.task
         run.service = self.cluster.service_of(task.task_type)
         pool = self.pools[run.service]
-        if task.node is not None:
-            allowed = (self.cluster.node_by_name()[task.node].index,)
-        else:
-            allowed = tuple(range(len(self.cluster.nodes)))
+        allowed = ((self.node_index[task.node],) if task.node is not None
+                   else self.all_nodes)
         node = pool.take(run, allowed, run)
         if node is None:
-            run.waiting = Event(env)
+            run.waiting = env.event()
             node = yield run.waiting
             run.waiting = None
         run.node = node
@@ -253,7 +258,6 @@ class Model:
             value = srv.get(key[0], g, run.task.index)
             c = g + h
             if value is not None:
-                self._saw_held(run, key[0], g)
                 continue
             s = c + h
             yield env.at(s, run.prio)
@@ -261,11 +265,12 @@ class Model:
             ok = srv.set_nx(key[0], run.owner, run.task.index, s, run.params.ttl)
             c = s + h
             if ok:
+                self._acquired_key(key[0])
                 return key, c
         return None, c
 
-    def _saw_held(self, run: TaskRun, key: str, t: float) -> None:
-        """Hook: a GET at server time t found `key` held (the fast engine parks waiters here)."""
+    def _acquired_key(self, key: str) -> None:
+        """Hook: `key` was just set (the fast engine watches its expiry)."""
 
     def _on_free(self, key: str, t: float, prio: int) -> None:
         """Hook: `key` was freed at server time t by an event of priority prio."""
@@ -315,13 +320,13 @@ class Model:
         sub_at = (c + self.subscribe_delay) + h
         for key, _ in keys:
             env.at(sub_at, run.prio).callbacks.append(
-                lambda ev, key=key: self._subscribe(run, key, ev.env.now))
+                lambda ev, key=key: self._subscribe(run, key, self.env.now))
         won = None
         while c - start < p.max_wait:
             wait = min(p.max_wait - (c - start), p.fallback)
             if not run.flag:
                 run.wait_gen += 1
-                run.waiting = Event(env)
+                run.waiting = env.event()
                 env.at(c + wait, run.prio).callbacks.append(
                     lambda ev, gen=run.wait_gen: self._wake(run, gen, None))
                 woke_at = yield run.waiting
@@ -344,7 +349,7 @@ class Model:
         for key, _ in keys:  # finally: unsubscribe
             env.at(c + h, run.prio).callbacks.append(
                 lambda ev, key=key: self.server.unsubscribe(self.channel(key), run.task.index,
-                                                            ev.env.now))
+                                                            self.env.now))
         return won, c
 
     def _subscribe(self, run: TaskRun, key: str, t: float) -> None:
