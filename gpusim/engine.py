@@ -131,7 +131,7 @@ def engine_class(engine: str) -> type[Model]:
 
 def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
              cluster: Cluster | None = None, *, seed: int = 0, replications: int = 1,
-             engine: str = "reference", time_scale: float = 1.0,
+             engine: str = "fast", time_scale: float = 1.0,
              jobs: int = 1) -> SimulationResult:
     """Replay `trace` under `settings` on `cluster`, `replications` times with seeds derived
     from `seed`; replication r uses the same random streams whatever the config (CRN)."""
@@ -156,6 +156,7 @@ def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
         "config_source": settings.source,
         "cluster": cluster_summary(cluster),
         "seed": seed, "replications": replications, "time_scale": time_scale,
+        "engine": engine,
     }
     return SimulationResult(inputs, metrics, ci95, per_type_means, reps)
 

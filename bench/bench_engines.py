@@ -1,0 +1,103 @@
+"""Benchmark: fast engine against the poll-by-poll reference, poll-rate spread, 1M tasks.
+
+Prints wall time and peak memory of each measurement and the ratios, all measured in this one
+run on this machine. Each measurement runs in its own child process so that peak RSS (ru_maxrss
+of the child) belongs to that measurement alone.
+
+    python bench/bench_engines.py            # the full benchmark (several minutes)
+    python bench/bench_engines.py --quick    # a 1-day trace, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+
+WEEK_H = 168.0
+
+
+def _week_trace(hours: float):
+    from gpusim.synth import SynthSpec, synthesize
+    # 16 GPUs on 4 nodes at offered load 0.8: about 120,000 YiVideo-mix tasks a week
+    return synthesize(SynthSpec(hours=hours, gpus=16, nodes=4, load=0.8), seed=2026)
+
+
+def _cluster():
+    from gpusim.cluster import ClusterSpec, build_cluster
+    return build_cluster(ClusterSpec(nodes=4, gpus_per_node=4, workers_per_service=64))
+
+
+def _config(poll: float):
+    from gpusim.config import GpuLockConfig
+    # the spec's candidate, polling path (the path whose cost grows with the poll rate)
+    return GpuLockConfig(poll_interval=poll, max_wait_time=300, lock_timeout=600,
+                         max_poll_interval=5, use_event_driven=False)
+
+
+def _measure(kind: str, hours: float, engine: str, poll: float, tasks: int, out) -> None:
+    from gpusim.engine import simulate
+    if kind == "million":
+        from gpusim.synth import SynthSpec, synthesize
+        spec = SynthSpec(hours=hours, gpus=16, nodes=4, load=0.8)
+        trace = synthesize(spec.model_copy(update={"hours": hours * tasks / 120_000}),
+                           seed=7)
+    else:
+        trace = _week_trace(hours)
+    t0 = time.perf_counter()
+    res = simulate(trace, _config(poll), _cluster(), seed=1, engine=engine)
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    m = res.metrics
+    out.put({"tasks": len(trace), "wall_s": wall, "peak_mb": peak_mb, "polls": m["polls"],
+             "wait_mean_s": m["wait_mean_s"],
+             "digest": json.dumps(res.to_json()["metrics"], sort_keys=True)})
+
+
+def measure(kind: str, hours: float, engine: str, poll: float, tasks: int = 0) -> dict:
+    ctx = mp.get_context("spawn")  # a fresh interpreter: peak RSS is this run's alone
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure, args=(kind, hours, engine, poll, tasks, q))
+    p.start()
+    r = q.get()
+    p.join()
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1-day trace, no 1M-task run")
+    args = ap.parse_args()
+    hours = 24.0 if args.quick else WEEK_H
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{mp.cpu_count()} cores, Python {platform.python_version()}")
+
+    ref = measure("week", hours, "reference", 0.5)
+    fast = measure("week", hours, "fast", 0.5)
+    same = ref["digest"] == fast["digest"]
+    print(f"\n{hours:g} h, 16 GPUs, {ref['tasks']} tasks, {ref['polls']:.0f} polls "
+          f"at poll_interval 0.5 s")
+    print(f"  reference: {ref['wall_s']:8.2f} s  peak {ref['peak_mb']:7.0f} MB")
+    print(f"  fast:      {fast['wall_s']:8.2f} s  peak {fast['peak_mb']:7.0f} MB")
+    print(f"  speed-up fast/reference: {ref['wall_s'] / fast['wall_s']:.2f}x "
+          f"(target >= 25x); identical metrics: {same}")
+
+    print("\nfast engine against poll rate:")
+    times = {}
+    for poll in (0.05, 0.5, 2.0):
+        r = measure("week", hours, "fast", poll)
+        times[poll] = r["wall_s"]
+        print(f"  poll_interval {poll:5}: {r['wall_s']:7.2f} s, {r['polls']:.0f} polls")
+    print(f"  spread t(0.05)/t(2.0): {times[0.05] / times[2.0]:.2f}x (target <= 1.5x)")
+
+    if not args.quick:
+        r = measure("million", WEEK_H, "fast", 0.5, tasks=1_000_000)
+        print(f"\n{r['tasks']} tasks (fast engine): {r['wall_s']:.1f} s, "
+              f"peak {r['peak_mb']:.0f} MB (targets < 60 s, < 1500 MB)")
+
+
+if __name__ == "__main__":
+    main()
