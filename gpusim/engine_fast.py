@@ -298,7 +298,7 @@ class FastModel(Model):
         p = run.params
         if not (c - start < p.max_wait):
             return None, c
-        env, h, srv, g = self.env, self.h, self.server, len(keys)
+        env, h, g = self.env, self.h, len(keys)
         w = Waiter(run, keys, PollSchedule(run, g, h, start, c, 0, p.poll_interval))
         for key, _ in keys:
             self.waiters.setdefault(key, []).append(w)
@@ -312,30 +312,12 @@ class FastModel(Model):
                 # attempt j0 + i for real, from key position m0 (earlier keys were held)
                 run.attempts += 1
                 w.active = True
-                had_set = False
-                t = sched.gets[m0][i]
-                for m in range(m0, g):
-                    key = keys[m]
-                    if m > m0:
-                        t = c + h
-                    yield env.at(t, run.prio)
-                    run.gets += 1
-                    w.unseen.pop(m, None)
-                    value = srv.get(key[0], t, run.task.index)
-                    c = t + h
-                    if value is not None:
-                        continue
-                    s = c + h
-                    yield env.at(s, run.prio)
-                    run.sets += 1
-                    ok = srv.set_nx(key[0], run.owner, run.task.index, s, p.ttl)
-                    c = s + h
-                    had_set = True
-                    if ok:
-                        self._acquired_key(key[0])
-                        if run.mechanism is None:
-                            run.mechanism = "polling"
-                        return key, c
+                won, c, had_set = yield from self._try_keys(
+                    run, keys, m0, sched.gets[m0][i], lambda m: w.unseen.pop(m, None))
+                if won is not None:
+                    if run.mechanism is None:
+                        run.mechanism = "polling"
+                    return won, c
                 w.active = False
                 c_next = c + sched.sleeps[i]
                 if had_set:  # the SET round trip shifted the schedule: re-anchor it
@@ -343,7 +325,6 @@ class FastModel(Model):
                                            sched.curs[i])
                     w.i = 0
                     if w.sched.timeout_i == 0:
-                        yield env.at(c_next, run.prio)
                         return None, c_next
                 else:
                     w.i = i + 1

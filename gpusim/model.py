@@ -249,12 +249,28 @@ class Model:
     def _try_once(self, run: TaskRun, keys: list[tuple[str, int]],
                   c: float) -> Generator[Event, Any, tuple[tuple[str, int] | None, float]]:
         """One attempt started at client time c; returns (won key or None, client time after)."""
-        env, h, srv = self.env, self.h, self.server
         run.attempts += 1
-        for key in keys:
-            g = c + h
+        won, c, _ = yield from self._try_keys(run, keys, 0, c + self.h)
+        return won, c
+
+    def _try_keys(self, run: TaskRun, keys: list[tuple[str, int]], m0: int, g: float,
+                  observed: Any = None
+                  ) -> Generator[Event, Any, tuple[tuple[str, int] | None, float, bool]]:
+        """GET keys[m0:] in turn (the first at server time g), SET NX a key that looks free.
+
+        Returns (won key or None, client time after, whether any SET NX was sent).
+        `observed(m)` is called as each GET runs (the fast engine tracks what it has seen)."""
+        env, h, srv = self.env, self.h, self.server
+        had_set = False
+        c = g
+        for m in range(m0, len(keys)):
+            key = keys[m]
+            if m > m0:
+                g = c + h
             yield env.at(g, run.prio)
             run.gets += 1
+            if observed is not None:
+                observed(m)
             value = srv.get(key[0], g, run.task.index)
             c = g + h
             if value is not None:
@@ -262,12 +278,13 @@ class Model:
             s = c + h
             yield env.at(s, run.prio)
             run.sets += 1
+            had_set = True
             ok = srv.set_nx(key[0], run.owner, run.task.index, s, run.params.ttl)
             c = s + h
             if ok:
                 self._acquired_key(key[0])
-                return key, c
-        return None, c
+                return key, c, had_set
+        return None, c, had_set
 
     def _acquired_key(self, key: str) -> None:
         """Hook: `key` was just set (the fast engine watches its expiry)."""
