@@ -104,8 +104,8 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 def test_example_cluster_and_per_node_configs(tmp_path):
     k = load_cluster(ROOT / "examples/cluster.yml")
-    assert [n.name for n in k.nodes] == ["node0", "node1"] and k.nodes[0].gpus == 2
-    assert k.service_of("ffmpeg") == "ffmpeg_service" and k.workers_of("ffmpeg_service") == 4
+    assert [n.name for n in k.nodes] == ["node0", "node1"] and k.nodes[0].gpus == 4
+    assert k.service_of("ffmpeg") == "ffmpeg_service" and k.workers_of("ffmpeg_service") == 8
     (tmp_path / "canary.yml").write_text("gpu_lock:\n  poll_interval: 0.5\n")
     (tmp_path / "k.yml").write_text(
         "nodes:\n  - {name: a, gpus: 2, config: canary.yml}\n"
