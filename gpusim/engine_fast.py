@@ -24,11 +24,11 @@ import numpy as np
 from gpusim.kernel import FastEnv, FastEvent
 from gpusim.model import BACKOFF_FACTOR, Model, TaskRun
 from gpusim.redis_model import CMD_INDEX, MINUTE
-from gpusim.rng import JITTER_LO, JITTER_SPAN, uniform, uniforms
+from gpusim.rng import GAMMA, JITTER_LO, JITTER_SPAN, MASK, U53, uniforms
 
 GET = CMD_INDEX["GET"]
 FIRST_BLOCK = 4
-NUMPY_BLOCK = 64
+NUMPY_BLOCK = 32
 MAX_BLOCK = 1 << 16
 EXPIRY_PRIO = 1  # a key expiring at E is gone for every command at E, whatever its priority
 
@@ -55,17 +55,26 @@ class PollSchedule:
         self.curs: list[float] = []
         self.timeout_i = None if c0 - start < p.max_wait else 0
 
-    def extend(self) -> None:
+    def extend(self, to_max_wait: bool = False) -> None:
         """Compute the next block of attempts (until the loop test fails).
 
-        Blocks double in size; small ones are computed in plain Python (cheaper than numpy's
-        call overhead), large ones vectorised. Both perform the same additions in the same
-        order as the poll-by-poll engine, so the times are bit-identical.
+        Blocks double in size, or (`to_max_wait`) reach for the whole remaining wait at once;
+        small ones are computed in plain Python (cheaper than numpy's call overhead), large
+        ones vectorised. Both perform the same additions in the same order as the
+        poll-by-poll engine, so the times are bit-identical.
         """
         if self.timeout_i is not None:
             return
         done = len(self.sleeps)
-        n = min(max(FIRST_BLOCK, done), MAX_BLOCK)
+        n = max(FIRST_BLOCK, done)
+        if to_max_wait:
+            p = self.run.params
+            shortest = (p.poll_interval if not p.backoff else
+                        JITTER_LO * min(self.curs[-1] if self.curs else self.prev_cur,
+                                        p.max_poll)) + 2 * self.g * self.h
+            left = self.max_wait - (self.c[-1] - self.start)
+            n = max(n, int(left / shortest) + 2)
+        n = min(n, MAX_BLOCK)
         if n < NUMPY_BLOCK:
             self._extend_python(n)
         else:
@@ -93,13 +102,20 @@ class PollSchedule:
         start, max_wait = self.start, self.max_wait
         c = self.c[-1]
         gets, sleeps, cs = self.gets, self.sleeps, self.c
+        z0 = state + (j + 1) * GAMMA
         for k in range(n):
             for m in range(g):
                 t = c + h
                 gets[m].append(t)
                 c = t + h
             cur = curs[k]
-            sleep = cur * (JITTER_LO + JITTER_SPAN * uniform(state, j + k)) if backoff else cur
+            if backoff:  # rng.uniform(state, j + k), inlined: this loop is the hot path
+                z = (z0 + k * GAMMA) & MASK
+                z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+                z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+                sleep = cur * (JITTER_LO + JITTER_SPAN * (((z ^ (z >> 31)) >> 11) * U53))
+            else:
+                sleep = cur
             sleeps.append(sleep)
             self.curs.append(cur)
             c = c + sleep
@@ -262,7 +278,7 @@ class FastModel(Model):
 
     def _horizon_due(self, w: Waiter, gen: int) -> None:
         if gen == w.gen:
-            w.sched.extend()
+            w.sched.extend(to_max_wait=True)  # a long wait: finish its schedule in one go
             self._arm(w, None)
 
     def _count_skipped(self, w: Waiter, i_to: int, m_to: int) -> None:
