@@ -58,7 +58,7 @@ class PollSchedule:
     def extend(self, to_max_wait: bool = False) -> None:
         """Compute the next block of attempts (until the loop test fails).
 
-        Blocks double in size, or (`to_max_wait`) reach for the whole remaining wait at once;
+        Blocks double in size, or (`to_max_wait`) grow up to 4x toward the rest of the wait;
         small ones are computed in plain Python (cheaper than numpy's call overhead), large
         ones vectorised. Both perform the same additions in the same order as the
         poll-by-poll engine, so the times are bit-identical.
@@ -73,7 +73,7 @@ class PollSchedule:
                         JITTER_LO * min(self.curs[-1] if self.curs else self.prev_cur,
                                         p.max_poll)) + 2 * self.g * self.h
             left = self.max_wait - (self.c[-1] - self.start)
-            n = max(n, int(left / shortest) + 2)
+            n = max(n, min(int(left / shortest) + 2, 4 * n))  # never far past the need
         n = min(n, MAX_BLOCK)
         if n < NUMPY_BLOCK:
             self._extend_python(n)
