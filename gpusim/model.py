@@ -235,6 +235,7 @@ class Model:
             return
         run.outcome = "acquired"
         end = yield from self._release(run)
+        yield env.at(end, run.prio)  # the slot frees when the last reply is back
         self._finish(run, end)
 
     def _finish(self, run: TaskRun, t: float) -> None:
