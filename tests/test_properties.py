@@ -105,3 +105,19 @@ def test_polls_and_commands_reconcile_with_records(sc):
     # each attempt GETs at least one key; a SET only follows a GET that saw the key free
     for r in recs:
         assert r.gets >= r.attempts and r.sets <= r.gets
+
+
+@PROFILE
+@given(scenarios())
+def test_worker_slots_never_oversubscribed(sc):
+    trace, cluster, cfg, seed = sc
+    log = run(trace, cluster, cfg, seed)
+    by_pool = defaultdict(list)
+    for r in log.records:
+        by_pool[(r.node, cluster.service_of(r.task_type))].append(r)
+    for (node, service), rs in by_pool.items():
+        events = sorted([(r.end_s, -1) for r in rs] + [(r.slot_s, 1) for r in rs])
+        level = 0
+        for _, d in events:  # at one instant, frees come before takes
+            level += d
+            assert level <= cluster.workers_of(service)
