@@ -130,6 +130,9 @@ class Model:
 
     def __init__(self, trace: Trace, cluster: Cluster, settings: list[LockSettings], *,
                  seed: int, replication: int = 0, time_scale: float = 1.0):
+        if len(settings) != len(cluster.nodes):
+            raise ValueError(f"one LockSettings per node: got {len(settings)} for "
+                             f"{len(cluster.nodes)} nodes")
         self.trace = trace
         self.cluster = cluster
         self.time_scale = float(time_scale)

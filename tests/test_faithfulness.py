@@ -23,7 +23,8 @@ H = RTT / 2
 def run_model(rows, cfg: GpuLockConfig, seed=7, **cluster_kw):
     trace = trace_from_rows(rows)
     spec = ClusterSpec(redis={"rtt_s": RTT, "client_subscribe_delay_s": 0.0}, **cluster_kw)
-    model = Model(trace, build_cluster(spec), [LockSettings(gpu_lock=cfg)], seed=seed)
+    cluster = build_cluster(spec)
+    model = Model(trace, cluster, [LockSettings(gpu_lock=cfg)] * len(cluster.nodes), seed=seed)
     model.server.command_log = []
     log = model.run()
     return log, model.server.command_log, model
@@ -189,3 +190,68 @@ def test_timeout_after_max_wait_reported_wait_exceeds_it_by_at_most_one_sleep():
     b = log.records[1]
     assert b.outcome == "timeout" and b.acquired_s is None
     assert 20 <= b.wait_s <= 20 + 1.2 * 10 + RTT
+
+
+def test_lost_wakeup_when_release_lands_before_subscribe():
+    """B's first GET sees A's key; A's PUBLISH reaches Redis before B's SUBSCRIBE does: B never
+    hears of the release, waits out fallback_timeout, then polls."""
+    cfg = GpuLockConfig(poll_interval=1, max_wait_time=1800, lock_timeout=3600,
+                        max_poll_interval=1, use_event_driven=True, fallback_timeout=30,
+                        exponential_backoff=False)
+    delay = 0.05  # client-side time between B's failed try and its SUBSCRIBE leaving
+    # A acquires at 4H and releases (EVAL) at 4H + d + H, PUBLISH 2H later. B arrives at 1.0:
+    # GET at 1 + H (held), SUBSCRIBE at 1 + 2H + delay + H. Put A's EVAL just after B's GET.
+    d = 1.0 + 2 * H - 5 * H
+    rows = [{"task_type": "a", "arrival_s": 0.0, "duration_s": d},
+            {"task_type": "b", "arrival_s": 1.0, "duration_s": 5.0}]
+    trace = trace_from_rows(rows)
+    spec = ClusterSpec(redis={"rtt_s": RTT, "client_subscribe_delay_s": delay})
+    log = Model(trace, build_cluster(spec), [LockSettings(gpu_lock=cfg)], seed=1).run()
+    a, b = log.records
+    assert b.missed_wakeups == 1 and b.event_wakeups == 0 and b.fell_back
+    assert b.mechanism == "polling"
+    assert b.acquired_s == pytest.approx(1 + 2 * H + 30 + 4 * H)  # first poll after the wait
+
+
+def test_monitor_frees_a_dead_holders_key_before_its_ttl():
+    """Monitor on: a crashed holder's key is deleted at the first check past soft_timeout once
+    its heartbeat has lapsed, long before the TTL; with the monitor off only the TTL frees it."""
+    cfg = GpuLockConfig(poll_interval=1, max_wait_time=20000, lock_timeout=100000,
+                        max_poll_interval=1, use_event_driven=False, exponential_backoff=False)
+    rows = [{"task_type": "a", "arrival_s": 0.0, "duration_s": 10.0, "crashed": True},
+            {"task_type": "b", "arrival_s": 1.0, "duration_s": 5.0}]
+    log, _, _ = run_model(rows, cfg, options={"monitor": True})
+    b = log.records[1]
+    # checks every 30 s; soft_timeout 3600 s reached at the check at 3630 s (age 3630 - 3H);
+    # heartbeat timeout 300 s after the crash at 10 s has long passed
+    assert log.holds[0].end_reason == "monitor_deleted"
+    assert log.holds[0].end_s == pytest.approx(3630.0)
+    assert 3630.0 < b.acquired_s < 3630.0 + 1 + 2 * RTT
+    log2, _, _ = run_model(rows, cfg)
+    assert log2.records[1].outcome == "timeout"  # 20000 s of waiting, TTL is 100000 s
+
+
+def test_hosts_sharing_one_redis_contend_for_one_key():
+    cfg = GpuLockConfig(poll_interval=1, max_wait_time=1800, lock_timeout=3600,
+                        max_poll_interval=1, use_event_driven=False, exponential_backoff=False)
+    rows = [{"task_type": "a", "arrival_s": 0.0, "duration_s": 10.0, "node": "node0"},
+            {"task_type": "a", "arrival_s": 1.0, "duration_s": 10.0, "node": "node1"}]
+    separate, _, _ = run_model(rows, cfg, nodes=2)
+    shared, _, _ = run_model(rows, cfg, nodes=2, options={"shared_keys_across_nodes": True})
+    assert separate.records[1].wait_s == pytest.approx(4 * H)   # its own node's key is free
+    assert shared.records[1].wait_s > 9.0                       # waits for node0's task
+
+
+def test_round_robin_and_probe_all_spread_tasks_over_gpus():
+    cfg = GpuLockConfig(poll_interval=1, max_wait_time=1800, lock_timeout=3600,
+                        max_poll_interval=1, use_event_driven=False, exponential_backoff=False)
+    rows = [{"task_type": "a", "arrival_s": float(i), "duration_s": 100.0} for i in range(3)]
+    rr, _, _ = run_model(rows, cfg, gpus_per_node=3, gpu_policy="round_robin")
+    assert [r.gpu for r in rr.records] == [0, 1, 2]
+    assert all(r.wait_s == pytest.approx(4 * H) for r in rr.records)
+    probe, _, _ = run_model(rows, cfg, gpus_per_node=3, gpu_policy="probe_all")
+    assert [r.gpu for r in probe.records] == [0, 1, 2]
+    # the third task GETs keys 0 and 1 (held) before it finds key 2 free
+    assert probe.records[2].gets == 3 and probe.records[2].attempts == 1
+    pinned, _, _ = run_model(rows, cfg, gpus_per_node=3)
+    assert [r.gpu for r in pinned.records] == [0, 0, 0]  # no gpu field: YiVideo's gpu_lock:0
