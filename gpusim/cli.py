@@ -140,7 +140,8 @@ def simulate(
     if json_out is not None:
         atomic_write_text(json_out, res.dumps())
     if records is not None:
-        atomic_write_text(records, "".join(records_jsonl(r.records) for r in res.replications))
+        atomic_write_text(records, "".join(records_jsonl(r.records, r.replication)
+                                           for r in res.replications))
 
 
 @app.command()

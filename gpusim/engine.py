@@ -186,5 +186,7 @@ def cluster_summary(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def records_jsonl(records: Sequence[TaskRecord]) -> str:
-    return "".join(json.dumps(jsonable(r.to_json()), sort_keys=True) + "\n" for r in records)
+def records_jsonl(records: Sequence[TaskRecord], replication: int = 0) -> str:
+    """One JSON object per task, tagged with its replication."""
+    return "".join(json.dumps(jsonable({"replication": replication, **r.to_json()}),
+                              sort_keys=True) + "\n" for r in records)

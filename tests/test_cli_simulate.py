@@ -53,7 +53,9 @@ def test_simulate_writes_result_json(trace_file, tmp_path):
     assert set(doc["by_task_type"]) == {"paddleocr", "ffmpeg", "faster_whisper"}
     lines = records.read_text().splitlines()
     assert len(lines) == 2 * 300
-    assert json.loads(lines[0])["outcome"] in ("acquired", "crashed", "timeout")
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    assert first["outcome"] in ("acquired", "crashed", "timeout")
+    assert (first["replication"], last["replication"]) == (0, 1)
 
 
 def test_same_seed_same_bytes_in_another_process_and_different_seed_differs(trace_file,
