@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from gpusim.calibrate import CalibrationError, calibrate_redis
+from gpusim.cluster import load_cluster
+from gpusim.redis_server import PrivateRedis
+
+pytestmark = pytest.mark.redis
+
+KEYS = {"GET", "SET", "EVAL", "PUBLISH", "PUBLISH_PER_SUBSCRIBER", "DEL", "SUBSCRIBE",
+        "UNSUBSCRIBE"}
+
+
+@pytest.fixture(scope="module")
+def calibration(redis_server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "redis.yml"
+    keys_before = redis_server.client().dbsize()
+    res = calibrate_redis(redis_server.url, seconds_per_command=0.1, out=out)
+    return res, out, keys_before
+
+
+def test_returns_the_cluster_redis_section(calibration):
+    res, _, _ = calibration
+    r = res["redis"]
+    assert set(r["cpu_us"]) == KEYS
+    assert all(v >= 0 for v in r["cpu_us"].values())
+    assert 0 < r["rtt_s"] < 0.05
+    assert r["background_ops_per_s"] == 0  # a private server has no other clients
+    # the measured costs are real: every command costs some CPU
+    assert r["cpu_us"]["GET"] > 0 and r["cpu_us"]["SET"] > 0
+
+
+def test_publish_cost_grows_with_subscribers(calibration):
+    res, _, _ = calibration
+    pts = res["details"]["publish_us_by_subscribers"]
+    assert pts[16] > pts[0]
+    assert res["redis"]["cpu_us"]["PUBLISH_PER_SUBSCRIBER"] > 0
+
+
+def test_commandstats_reported_and_eval_runs_get_and_del_inside(calibration):
+    res, _, _ = calibration
+    cs = res["details"]["commandstats_usec_per_call"]["SET+EVAL"]
+    assert {"SET", "EVAL", "GET", "DEL"} <= set(cs)
+
+
+def test_yaml_loads_as_a_cluster_file(calibration):
+    res, out, _ = calibration
+    doc = yaml.safe_load(out.read_text())
+    assert set(doc) == {"redis"}
+    cluster = load_cluster(out)
+    assert cluster.redis.rtt_s == pytest.approx(res["redis"]["rtt_s"])
+    assert cluster.redis.cpu_us["EVAL"] == pytest.approx(res["redis"]["cpu_us"]["EVAL"])
+
+
+def test_leaves_no_keys_behind(calibration, redis_server):
+    _, _, before = calibration
+    assert redis_server.client().dbsize() == before
+
+
+def test_loops_are_bounded(redis_server):
+    res = calibrate_redis(redis_server.url, seconds_per_command=5.0, max_ops=40,
+                          subscriber_counts=(0, 2), idle_s=0.05)
+    assert max(res["details"]["ops"].values()) <= 40
+
+
+def test_unreachable_redis_is_a_clear_error():
+    srv = PrivateRedis().start()
+    url = srv.url
+    srv.stop()
+    with pytest.raises(CalibrationError, match="cannot reach Redis"):
+        calibrate_redis(url)
