@@ -204,10 +204,7 @@ def compare(
 def _mount_subcommands() -> None:
     from gpusim.cli_trace import trace_app
     app.add_typer(trace_app, name="trace", help="Make, import and check traces.")
-    try:
-        from gpusim.cli_redis import register
-    except ImportError:  # pragma: no cover - during development only
-        return
+    from gpusim.cli_redis import register
     register(app)
 
 
