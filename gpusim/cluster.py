@@ -39,6 +39,12 @@ class RedisModel(BaseModel):
     # builds a callback and takes its Pub/Sub manager's lock in between). A release published
     # inside that window is never delivered: the lost wake-up.
     client_subscribe_delay_s: float = Field(0.0005, ge=0, allow_inf_nan=False)
+    # A release message reaches every subscriber at once, but each waiter's thread wakes after
+    # its own delay (listener thread, callback, Event.set, GIL hand-off): uniform in
+    # [0, pubsub_wakeup_jitter_s), drawn from the task's own stream. This is what makes the
+    # thundering herd a random race rather than first come, first served (validation against
+    # a real Redis showed FCFS shortening the p95 wait by 13-30%).
+    pubsub_wakeup_jitter_s: float = Field(0.0005, ge=0, allow_inf_nan=False)
 
     @field_validator("cpu_us")
     @classmethod

@@ -100,6 +100,8 @@ class TaskRun:
     params: LockParams | None = None
     owner: str = ""
     jitter_state: int = 0
+    delivery_state: int = -1   # the task's wake-up jitter stream, made on first use
+    deliveries: int = 0
     slot_s: float = float("nan")
     acquired_s: float | None = None
     acquired_key: str | None = None
@@ -139,11 +141,13 @@ class Model:
         self.env = self.make_env()
         self.h = cluster.redis.rtt_s / 2.0
         self.subscribe_delay = cluster.redis.client_subscribe_delay_s
+        self.wake_jitter = cluster.redis.pubsub_wakeup_jitter_s
         self.params = [LockParams.from_config(s.gpu_lock, time_scale) for s in settings]
         self.monitor_params = [MonitorParams.from_settings(s, time_scale) for s in settings]
         self.opts = cluster.options
         self.server = RedisServerModel(on_free=self._on_free)
         self.jitter_key = stream_key(seed, replication, "jitter")
+        self.delivery_key = stream_key(seed, replication, "delivery")
         self.runs: list[TaskRun] = []
         self.node_names = [n.name for n in cluster.nodes]
         self.node_index = {n.name: n.index for n in cluster.nodes}
@@ -392,6 +396,11 @@ class Model:
 
     def _deliver(self, run: TaskRun, pub_t: float) -> None:
         t = pub_t + self.h
+        if self.wake_jitter > 0:
+            if run.delivery_state < 0:
+                run.delivery_state = task_state(self.delivery_key, run.task.index)
+            t = t + self.wake_jitter * uniform(run.delivery_state, run.deliveries)
+            run.deliveries += 1
         self.env.at(t, run.prio).callbacks.append(lambda ev: self._message(run, t))
 
     def _message(self, run: TaskRun, t: float) -> None:

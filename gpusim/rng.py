@@ -15,7 +15,7 @@ import numpy as np
 MASK = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15  # SplitMix64 increment (golden ratio)
 TASK_SALT = 0xD1B54A32D192ED03
-STREAMS = {"jitter": 0}
+STREAMS = {"jitter": 0, "delivery": 1}
 
 # YiVideo: random.uniform(0.8, 1.2) == 0.8 + (1.2 - 0.8) * random()
 JITTER_LO = 0.8

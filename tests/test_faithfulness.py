@@ -22,7 +22,8 @@ H = RTT / 2
 
 def run_model(rows, cfg: GpuLockConfig, seed=7, **cluster_kw):
     trace = trace_from_rows(rows)
-    spec = ClusterSpec(redis={"rtt_s": RTT, "client_subscribe_delay_s": 0.0}, **cluster_kw)
+    spec = ClusterSpec(redis={"rtt_s": RTT, "client_subscribe_delay_s": 0.0,
+                              "pubsub_wakeup_jitter_s": 0.0}, **cluster_kw)
     cluster = build_cluster(spec)
     model = Model(trace, cluster, [LockSettings(gpu_lock=cfg)] * len(cluster.nodes), seed=seed)
     model.server.command_log = []
@@ -205,7 +206,8 @@ def test_lost_wakeup_when_release_lands_before_subscribe():
     rows = [{"task_type": "a", "arrival_s": 0.0, "duration_s": d},
             {"task_type": "b", "arrival_s": 1.0, "duration_s": 5.0}]
     trace = trace_from_rows(rows)
-    spec = ClusterSpec(redis={"rtt_s": RTT, "client_subscribe_delay_s": delay})
+    spec = ClusterSpec(redis={"rtt_s": RTT, "client_subscribe_delay_s": delay,
+                              "pubsub_wakeup_jitter_s": 0.0})
     log = Model(trace, build_cluster(spec), [LockSettings(gpu_lock=cfg)], seed=1).run()
     a, b = log.records
     assert b.missed_wakeups == 1 and b.event_wakeups == 0 and b.fell_back
@@ -255,3 +257,30 @@ def test_round_robin_and_probe_all_spread_tasks_over_gpus():
     assert probe.records[2].gets == 3 and probe.records[2].attempts == 1
     pinned, _, _ = run_model(rows, cfg, gpus_per_node=3)
     assert [r.gpu for r in pinned.records] == [0, 0, 0]  # no gpu field: YiVideo's gpu_lock:0
+
+
+def test_thundering_herd_is_a_random_race():
+    """Five waiters subscribed to one key are woken by one release. Each wakes after its own
+    jitter in [0, pubsub_wakeup_jitter_s), so the winner varies with the seed instead of being
+    the first to arrive, and every wake-up lands in the stated window."""
+    cfg = GpuLockConfig(poll_interval=2, max_wait_time=1800, lock_timeout=3600,
+                        max_poll_interval=10, use_event_driven=True, fallback_timeout=30)
+    jitter = 0.01
+    rows = [{"task_type": "a", "arrival_s": 0.0, "duration_s": 10.0}]
+    rows += [{"task_type": "b", "arrival_s": 1.0 + 0.1 * i, "duration_s": 100.0}
+             for i in range(5)]
+    trace = trace_from_rows(rows)
+    cluster = build_cluster(ClusterSpec(redis={"rtt_s": RTT, "pubsub_wakeup_jitter_s": jitter}))
+    winners = set()
+    for seed in range(12):
+        model = Model(trace, cluster, [LockSettings(gpu_lock=cfg)], seed=seed)
+        model.server.command_log = []
+        log = model.run()
+        second = min((r for r in log.records[1:]), key=lambda r: r.acquired_s)
+        winners.add(second.index)
+        pub = next(t for t, c, k, who in model.server.command_log if c == "PUBLISH" and who == 0)
+        gets = [t for t, c, k, who in model.server.command_log
+                if c == "GET" and who > 0 and pub < t < pub + 2 * H + jitter + 1e-9]
+        assert len(gets) == 5  # the whole herd tries once
+        assert all(pub + 2 * H <= t < pub + 2 * H + jitter for t in gets)
+    assert len(winners) >= 3, winners  # 12 seeds, 5 equally likely winners
