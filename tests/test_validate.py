@@ -284,28 +284,23 @@ def test_validation_passes_polling(redis_server):
 @pytest.mark.slow
 def test_validation_passes_event_driven(redis_server):
     """80 tasks, ~50% busy, event-driven with a crashed holder (waiters fall back from the event
-    wait to polling until the TTL frees the key), compressed 80x, five real runs.
+    wait to polling until the TTL frees the key), compressed 80x, eight real runs, every default
+    tolerance judged.
 
-    Two rows are reported but not judged here, each for a stated reason:
-    * wait p95: the model breaks ties between waiters woken by one release (a thundering herd)
-      by task index, i.e. first come first served, while real waiters race in wake-up order,
-      which is close to random; FIFO shortens the tail, and the pooled p95 measured 13-30%
-      below the real one over repeated validations (a model finding, reported to the lead).
-    * Redis CPU: on an otherwise idle Redis the CPU of a command depends on how commands bunch
-      together (an idle server pays a wake-up per isolated request), which the model's constant
-      per-command cost only approximates (gpusim.validate.wakeups); the event-driven path, whose
-      commands come in release/wake-up chains, measured 13-60% below the real CPU on the
-      2-core development VM. The polling test judges CPU.
-    Mean wait, success rate and GET/SET counts use the default tolerances.
+    Eight runs rather than five: races after a release make event-driven runs vary more than
+    polling ones, and with five the paired interval of the mean wait was occasionally wider than
+    the 3 x tolerance guard (one INCONCLUSIVE in seven repeats on the 2-core machine).
+    The herd is a random race in the model (pubsub_wakeup_jitter_s); when it was first come,
+    first served, this test measured the pooled p95 wait 13-30% below the real one.
     """
     tr = _trace(80, 6.0, seed=7, crash_at="busy")
     cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60,
                         lock_timeout=20, use_event_driven=True, fallback_timeout=5)
-    cmp_, real, sim, cal = validate(tr, cfg, redis_url=redis_server.url, time_scale=80, runs=5,
-                                    seeds=8, tolerances={"redis_cpu_s": None,
-                                                             "wait_p95_s": None})
+    cmp_, real, sim, cal = validate(tr, cfg, redis_url=redis_server.url, time_scale=80, runs=8,
+                                    seeds=8)
     assert cmp_.passed, _show(cmp_)
-    assert next(r for r in cmp_.rows if r.name == "redis_cpu_s").verdict == "INFO"
+    judged = {r.name for r in cmp_.rows if r.verdict != "INFO"}
+    assert {"wait_mean_s", "wait_p95_s", "success_rate", "GET", "SET", "redis_cpu_s"} <= judged
     mechs = {r.mechanism for run in real.runs for r in run.records}
     assert {"immediate", "event", "polling"} <= mechs
     assert all(run.commandstats.get("SUBSCRIBE", 0) > 0 for run in real.runs)
