@@ -126,7 +126,8 @@ def engine_class(engine: str) -> type[Model]:
     if engine == "fast":
         from gpusim.engine_fast import FastModel
         return FastModel
-    raise InputError(f"unknown engine '{engine}' (choose reference or fast)", field="engine")
+    raise InputError(f"unknown engine '{engine}' (choose {' or '.join(ENGINES)})",
+                     field="engine")
 
 
 def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
