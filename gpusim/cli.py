@@ -134,14 +134,14 @@ def simulate(
         cl = _cluster(cluster, option)
         res = run(tr, settings, cl, seed=seed, replications=replications, engine=engine,
                   jobs=jobs)
+        print_result(res, f"{trace} under {config}")
+        if json_out is not None:
+            atomic_write_text(json_out, res.dumps())
+        if records is not None:
+            atomic_write_text(records, "".join(records_jsonl(r.records, r.replication)
+                                               for r in res.replications))
     except InputError as e:
         raise bad_input(e) from None
-    print_result(res, f"{trace} under {config}")
-    if json_out is not None:
-        atomic_write_text(json_out, res.dumps())
-    if records is not None:
-        atomic_write_text(records, "".join(records_jsonl(r.records, r.replication)
-                                           for r in res.replications))
 
 
 @app.command()
@@ -195,7 +195,10 @@ def compare(
                   "[green]PASS[/]" if r.passed else "[red]FAIL[/]")
     _consoles.out.print(t)
     if json_out is not None:
-        atomic_write_text(json_out, compare_json(base, cand, th, rows))
+        try:
+            atomic_write_text(json_out, compare_json(base, cand, th, rows))
+        except InputError as e:
+            raise bad_input(e) from None
     passed = all(r.passed for r in rows)
     _consoles.out.print("[green]all gates pass[/]" if passed else "[red]at least one gate fails[/]")
     raise typer.Exit(0 if passed else EXIT_FAIL)

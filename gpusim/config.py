@@ -127,7 +127,6 @@ def parse_lock_settings(data: Any, *, source: str = "<memory>", text: str | None
     if "gpu_lock" in data or "gpu_lock_monitor" in data:
         lock_raw = data.get("gpu_lock") or {}
         monitor_raw = data.get("gpu_lock_monitor") or {}
-        prefix = ("gpu_lock",)
     else:
         # A bare gpu_lock YAML: every top-level key must be a gpu_lock key.
         unknown = [k for k in data if k not in GPU_LOCK_KEYS]
@@ -136,7 +135,7 @@ def parse_lock_settings(data: Any, *, source: str = "<memory>", text: str | None
             raise InputError(f"not a gpu_lock key (expected a config.yml with a 'gpu_lock' "
                              f"section, or bare keys among {', '.join(GPU_LOCK_KEYS)})",
                              file=source, line=lines.get((k,)), field=k)
-        lock_raw, monitor_raw, prefix = data, {}, ()
+        lock_raw, monitor_raw = data, {}
         lines = {("gpu_lock",) + k: v for k, v in lines.items()}
     for name, raw in (("gpu_lock", lock_raw), ("gpu_lock_monitor", monitor_raw)):
         if not isinstance(raw, Mapping):

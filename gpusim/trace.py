@@ -15,8 +15,6 @@ import gc
 import gzip
 import io
 import json
-import os
-import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +25,7 @@ from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationE
 from typing_extensions import TypedDict
 
 from gpusim.errors import InputError, InputErrors
+from gpusim.output import atomic_write_bytes
 
 #: Column order used by the writers; also the set of allowed row fields.
 FIELDS = ("task_id", "task_type", "arrival_s", "timestamp", "duration_s", "node", "gpu", "crashed")
@@ -447,7 +446,7 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
             gz.write(data)
         data = raw.getvalue()
-    _atomic_write(target, data)
+    atomic_write_bytes(target, data)
 
 
 def _csv_cell(value: Any) -> str:
@@ -458,19 +457,3 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
-
-
-def _atomic_write(target: str, data: bytes) -> None:
-    """Write to a temp file in the target's folder, then rename: readers never see half a file."""
-    folder, name = os.path.split(os.path.abspath(target))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 honours the umask, unlike mkstemp's fixed 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

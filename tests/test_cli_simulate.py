@@ -167,3 +167,10 @@ def test_environment_override_applies_and_is_validated(trace_file, tmp_path):
     assert json.loads(out2.read_text())["inputs"]["gpu_lock"]["poll_interval"] == 0.5
     bad = runner.invoke(app, base, env={"GPU_LOCK_POLL_INTERVAL": "fast"})
     assert bad.exit_code == 2 and "GPU_LOCK_POLL_INTERVAL" in bad.output
+
+
+def test_output_into_a_missing_folder_is_bad_input(trace_file, tmp_path):
+    out = tmp_path / "no" / "such" / "r.json"
+    res = runner.invoke(app, simulate_args(trace_file, out))
+    assert res.exit_code == 2 and "does not exist" in " ".join(res.output.split())
+    assert not out.parent.exists()
