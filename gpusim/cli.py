@@ -68,7 +68,8 @@ ClusterOpt = Annotated[Optional[Path], typer.Option("--cluster", "-k",
 SeedOpt = Annotated[int, typer.Option(help="Seed of every random stream")]
 RepsOpt = Annotated[int, typer.Option("--replications", "-r", min=1,
                                       help="Independent seeded replications (95% intervals)")]
-EngineOpt = Annotated[str, typer.Option(help="fast (default) or reference (poll by poll)")]
+EngineOpt = Annotated[str, typer.Option(
+    help="fast (default, compiled), reference (SimPy, poll by poll) or parked (pure Python)")]
 JobsOpt = Annotated[int, typer.Option(min=1, help="Processes for replications")]
 OptionOpt = Annotated[list[str], typer.Option(
     "--option", "-o", help="Model option NAME[=true|false], e.g. unique_owner_token")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,7 +20,7 @@ from gpusim.records import RunLog, TaskRecord
 from gpusim.trace import Trace
 
 RESULT_SCHEMA = "gpusim.result/1"
-ENGINES = ("fast", "reference")
+ENGINES = ("fast", "reference", "parked")
 
 
 @dataclass(frozen=True)
@@ -78,30 +80,42 @@ def as_settings(settings: LockSettings | GpuLockConfig) -> LockSettings:
 def check_fits(trace: Trace, cluster: Cluster) -> None:
     """Every task must be placeable: its node exists, its GPU exists, a service runs its type."""
     nodes = cluster.node_by_name()
-    for task in trace.tasks:
-        if task.node is not None and task.node not in nodes:
-            raise InputError(f"node '{task.node}' is not in the cluster (nodes: "
-                             f"{', '.join(nodes)})", file=trace.source, line=task.line,
-                             field="node")
-        if task.gpu is not None and cluster.gpu_policy == "pinned":
-            gpus = (nodes[task.node].gpus if task.node is not None
-                    else min(n.gpus for n in cluster.nodes))
-            if task.gpu >= gpus:
-                raise InputError(f"gpu {task.gpu} does not exist (the node has {gpus} "
-                                 f"GPU(s))", file=trace.source, line=task.line, field="gpu")
+    cols = trace.columns
+    for ttype in cols.types:
         try:
-            cluster.service_of(task.task_type)
+            cluster.service_of(ttype)
         except KeyError:
-            raise InputError(f"no service in the cluster runs task type "
-                             f"'{task.task_type}'", file=trace.source, line=task.line,
-                             field="task_type") from None
+            first = trace.tasks[int(np.argmax(cols.task_type == cols.types.index(ttype)))]
+            raise InputError(f"no service in the cluster runs task type '{ttype}'",
+                             file=trace.source, line=first.line, field="task_type") from None
+    gpus_of = np.array([nodes[nd].gpus if nd in nodes else 0 for nd in cols.nodes] + [0],
+                       dtype=np.int64)
+    unknown = [k for k, nd in enumerate(cols.nodes) if nd not in nodes]
+    if unknown:
+        first = trace.tasks[int(np.argmax(np.isin(cols.node, unknown)))]
+        raise InputError(f"node '{first.node}' is not in the cluster (nodes: "
+                         f"{', '.join(nodes)})", file=trace.source, line=first.line,
+                         field="node")
+    if cluster.gpu_policy == "pinned":
+        # a GPU named without a node must exist on every node the task may land on
+        limit = np.where(cols.node >= 0, gpus_of[cols.node],
+                         min(n.gpus for n in cluster.nodes))
+        bad = np.flatnonzero(cols.gpu >= limit)
+        if len(bad):
+            task = trace.tasks[int(bad[0])]
+            raise InputError(f"gpu {task.gpu} does not exist (the node has {limit[bad[0]]} "
+                             f"GPU(s))", file=trace.source, line=task.line, field="gpu")
 
 
 def trace_digest(trace: Trace) -> str:
+    """SHA-256 over every task's fields (ids, types, times, placement, crash flag)."""
+    cols = trace.columns
     h = hashlib.sha256()
-    for t in trace.tasks:
-        h.update(repr((t.task_id, t.task_type, t.arrival_s, t.duration_s, t.node, t.gpu,
-                       t.crashed)).encode())
+    for arr in (cols.arrival_s, cols.duration_s, cols.crashed, cols.gpu, cols.node,
+                cols.task_type):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update("\0".join(cols.nodes + ("|",) + cols.types).encode())
+    h.update("\0".join(t.task_id for t in trace.tasks).encode())
     return h.hexdigest()
 
 
@@ -124,9 +138,12 @@ def engine_class(engine: str) -> type[Model]:
     if engine == "reference":
         return Model
     if engine == "fast":
-        from gpusim.engine_fast import FastModel
-        return FastModel
-    raise InputError(f"unknown engine '{engine}' (choose {' or '.join(ENGINES)})",
+        from gpusim.engine_compiled import CompiledModel
+        return CompiledModel  # type: ignore[return-value]
+    if engine == "parked":
+        from gpusim.engine_parked import ParkedModel
+        return ParkedModel
+    raise InputError(f"unknown engine '{engine}' (choose {', '.join(ENGINES)})",
                      field="engine")
 
 

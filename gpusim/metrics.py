@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
 
 from gpusim.cluster import COMMANDS, RedisModel
-from gpusim.records import RunLog, TaskRecord
+from gpusim.records import (LOST_REASONS, OUTCOMES, RunLog, TaskRecord, TaskTable,
+                             hold_reason_count)
 from gpusim.redis_model import MINUTE
 
 
@@ -62,24 +63,27 @@ def _pct(x: np.ndarray, q: float) -> float | None:
     return float(np.percentile(x, q)) if len(x) else None
 
 
-def task_metrics(records: Sequence[TaskRecord]) -> dict[str, Any]:
+def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
     """Metrics that depend on the task records alone (used overall and per task type)."""
-    n = len(records)
-    out = {c: 0 for c in ("acquired", "crashed", "timeout")}
-    for r in records:
-        out[r.outcome] += 1
-    wait = np.array([r.wait_s for r in records], dtype=float)
-    acq_wait = np.array([r.wait_s for r in records if r.outcome != "timeout"], dtype=float)
-    queue = np.array([r.slot_s - r.arrival_s for r in records], dtype=float)
-    latency = np.array([r.end_s - r.arrival_s for r in records], dtype=float)
+    t = TaskTable.from_records(records)
+    n = len(t)
+    outcome = t.outcome
+    acquired = int((outcome == OUTCOMES.index("acquired")).sum())
+    crashed = int((outcome == OUTCOMES.index("crashed")).sum())
+    timeouts = int((outcome == OUTCOMES.index("timeout")).sum())
+    wait = t.wait_s
+    acq_wait = wait[outcome != OUTCOMES.index("timeout")]
+    queue = t.slot_s - t.arrival_s
+    latency = t.end_s - t.arrival_s
+    lost = t.lost_reason
     return {
         Metric.TASKS.value: n,
-        Metric.ACQUIRED.value: out["acquired"],
-        Metric.CRASHED.value: out["crashed"],
-        Metric.TIMEOUTS.value: out["timeout"],
-        Metric.SUCCESS_RATE.value: out["acquired"] / n if n else None,
-        Metric.TIMEOUT_RATE.value: out["timeout"] / n if n else None,
-        Metric.CRASH_RATE.value: out["crashed"] / n if n else None,
+        Metric.ACQUIRED.value: acquired,
+        Metric.CRASHED.value: crashed,
+        Metric.TIMEOUTS.value: timeouts,
+        Metric.SUCCESS_RATE.value: acquired / n if n else None,
+        Metric.TIMEOUT_RATE.value: timeouts / n if n else None,
+        Metric.CRASH_RATE.value: crashed / n if n else None,
         Metric.WAIT_MEAN.value: float(wait.mean()) if n else None,
         Metric.WAIT_P50.value: _pct(wait, 50),
         Metric.WAIT_P95.value: _pct(wait, 95),
@@ -90,35 +94,41 @@ def task_metrics(records: Sequence[TaskRecord]) -> dict[str, Any]:
         Metric.QUEUE_WAIT_P95.value: _pct(queue, 95),
         Metric.LATENCY_MEAN.value: float(latency.mean()) if n else None,
         Metric.LATENCY_P95.value: _pct(latency, 95),
-        Metric.POLLS.value: int(sum(r.attempts for r in records)),
-        Metric.LOCK_EXPIRED_WHILE_HELD.value: sum(r.lost_reason == "expired" for r in records),
-        Metric.LOCK_LOST_WHILE_HELD.value: sum(r.lost_reason is not None for r in records),
-        Metric.MISSED_WAKEUPS.value: int(sum(r.missed_wakeups for r in records)),
-        Metric.EVENT_FALLBACKS.value: sum(r.fell_back for r in records),
+        Metric.POLLS.value: int(t.attempts.sum()),
+        Metric.LOCK_EXPIRED_WHILE_HELD.value: int((lost == LOST_REASONS.index("expired")).sum()),
+        Metric.LOCK_LOST_WHILE_HELD.value: int((lost >= 0).sum()),
+        Metric.MISSED_WAKEUPS.value: int(t.missed_wakeups.sum()),
+        Metric.EVENT_FALLBACKS.value: int(t.fell_back.sum()),
     }
 
 
-def gpu_occupancy(records: Iterable[TaskRecord], gpus: Sequence[tuple[str, int]],
+def gpu_occupancy(records: Sequence[TaskRecord] | TaskTable, gpus: Sequence[tuple[str, int]],
                   horizon: float) -> tuple[float, float]:
     """(mean utilisation over GPUs, seconds with two or more tasks running on one GPU)."""
-    by_gpu: dict[tuple[str, int], list[tuple[float, int]]] = {g: [] for g in gpus}
-    for r in records:
-        if r.acquired_s is None or r.gpu_end_s is None or r.gpu_end_s <= r.acquired_s:
-            continue
-        ev = by_gpu[(r.node, r.gpu)]
-        ev.append((r.acquired_s, 1))
-        ev.append((r.gpu_end_s, -1))
-    busy_total = double = 0.0
-    for ev in by_gpu.values():
-        ev.sort()  # ends sort before starts at one instant: back-to-back is not overlap
-        level, last = 0, 0.0
-        for t, d in ev:
-            if level >= 1:
-                busy_total += t - last
-            if level >= 2:
-                double += t - last
-            level += d
-            last = t
+    t = TaskTable.from_records(records)
+    gpu_id = {g: i for i, g in enumerate(gpus)}
+    node_gpu = np.full((len(t.node_names), max((g for _, g in gpus), default=0) + 1), -1)
+    for k, name in enumerate(t.node_names):
+        for g in range(node_gpu.shape[1]):
+            node_gpu[k, g] = gpu_id.get((name, g), -1)
+    ok = ~np.isnan(t.acquired_s) & ~np.isnan(t.gpu_end_s)
+    ok &= t.gpu >= 0
+    ok[ok] &= t.gpu_end_s[ok] > t.acquired_s[ok]
+    gid = node_gpu[t.node[ok], t.gpu[ok]]
+    if (gid < 0).any():
+        raise ValueError("a record names a GPU that is not in the run's GPU list")
+    m = int(ok.sum())
+    times = np.concatenate((t.acquired_s[ok], t.gpu_end_s[ok]))
+    steps = np.concatenate((np.ones(m, np.int64), -np.ones(m, np.int64)))
+    gids = np.concatenate((gid, gid))
+    # per GPU in time order; ends sort before starts at one instant (back-to-back is not overlap)
+    order = np.lexsort((steps, times, gids))
+    times, steps, gids = times[order], steps[order], gids[order]
+    level = np.cumsum(steps)  # every GPU's segment sums to zero, so this is its own level
+    same = gids[1:] == gids[:-1]
+    dt = np.diff(times)
+    busy_total = float(dt[same & (level[:-1] >= 1)].sum())
+    double = float(dt[same & (level[:-1] >= 2)].sum())
     util = busy_total / (horizon * len(gpus)) if horizon > 0 and gpus else 0.0
     return util, double
 
@@ -154,27 +164,30 @@ def redis_load(log: RunLog, redis: RedisModel) -> dict[str, Any]:
 
 
 def run_metrics(log: RunLog, redis: RedisModel) -> dict[str, Any]:
-    m = task_metrics(log.records)
+    table = TaskTable.from_records(log.records)
+    m = task_metrics(table)
     m.update(redis_load(log, redis))
-    util, double = gpu_occupancy(log.records, log.gpus, log.horizon_s)
+    util, double = gpu_occupancy(table, log.gpus, log.horizon_s)
     m[Metric.GPU_UTILIZATION.value] = util
     m[Metric.DOUBLE_OCCUPANCY_S.value] = double
-    m[Metric.EMERGENCY_DELETES.value] = log.commands["DEL"] - sum(
-        1 for h in log.holds if h.end_reason == "monitor_deleted")
-    m[Metric.FOREIGN_LOCK_DELETES.value] = sum(r.deleted_other for r in log.records)
-    m[Metric.SILENT_FREES.value] = sum(
-        h.end_reason in ("expired", "emergency_deleted", "monitor_deleted") for h in log.holds)
+    m[Metric.EMERGENCY_DELETES.value] = log.commands["DEL"] - hold_reason_count(
+        log.holds, "monitor_deleted")
+    m[Metric.FOREIGN_LOCK_DELETES.value] = int(table.deleted_other.sum())
+    m[Metric.SILENT_FREES.value] = hold_reason_count(
+        log.holds, "expired", "emergency_deleted", "monitor_deleted")
     m[Metric.HORIZON.value] = log.horizon_s
     return m
 
 
-def by_task_type(records: Sequence[TaskRecord]) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[TaskRecord]] = {}
-    for r in records:
-        groups.setdefault(r.task_type, []).append(r)
+def by_task_type(records: Sequence[TaskRecord] | TaskTable) -> dict[str, dict[str, Any]]:
+    table = TaskTable.from_records(records)
     keep = {m.value for m in PER_TYPE}
-    return {t: {k: v for k, v in task_metrics(rs).items() if k in keep}
-            for t, rs in sorted(groups.items())}
+    out = {}
+    for code, name in sorted(enumerate(table.type_names), key=lambda x: x[1]):
+        mask = table.task_type == code
+        if mask.any():
+            out[name] = {k: v for k, v in task_metrics(table.subset(mask)).items() if k in keep}
+    return out
 
 
 # -- across replications -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The SimPy model of YiVideo's GPU lock: tasks, worker slots, the lock protocol and Redis.
 
 This module is the executable specification (`--engine reference`): every poll is a SimPy
-event. gpusim.engine_fast subclasses it and replaces only the polling phase.
+event. gpusim.engine_parked subclasses it and replaces only the polling phase;
+gpusim.engine_compiled transcribes it into a compiled state machine (the default engine).
 
 Timing conventions (seconds; time 0 is the first arrival):
 - A command sent at client time c reaches the server at c + h and its reply is back at

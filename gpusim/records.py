@@ -6,7 +6,7 @@ Metrics are pure functions of these (gpusim.metrics); the engines only write the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -63,8 +63,8 @@ class KeyHold:
 class RunLog:
     """Everything a replication produced, before any metric is computed."""
 
-    records: tuple[TaskRecord, ...]
-    holds: tuple[KeyHold, ...]
+    records: Sequence[TaskRecord]     # a tuple, or a TaskTable (columns) from the compiled engine
+    holds: Sequence[KeyHold]          # a tuple, or a HoldTable
     commands: dict[str, int]          # client-issued commands by type
     commandstats: dict[str, int]      # as INFO commandstats counts them (EVAL's GET/DEL too)
     deliveries: int                   # PUBLISH fan-out: messages delivered to subscribers
@@ -72,3 +72,175 @@ class RunLog:
     minute_deliveries: np.ndarray     # [minute] PUBLISH fan-out
     gpus: tuple[tuple[str, int], ...] # physical GPUs (node, index)
     horizon_s: float                  # last event of the run (time 0 = first arrival)
+
+
+# -- columnar forms ----------------------------------------------------------------------------
+# The compiled engine writes columns, and metrics read columns: a week of a fleet is ~10^5-10^6
+# tasks, and one Python object per task costs more than simulating it. The tables still behave
+# as sequences of TaskRecord / KeyHold (built on access), so every consumer of records works.
+
+RELEASES = ("owner", "not_owner")
+LOST_REASONS = ("expired", "released_by_other", "deleted")
+HOLD_REASONS = ("released", "expired", "emergency_deleted", "monitor_deleted", "open")
+
+
+def _code(value: str | None, names: tuple[str, ...]) -> int:
+    return -1 if value is None else names.index(value)
+
+
+class TaskTable:
+    """Per-task records as columns (index order). None is NaN for times and -1 for codes."""
+
+    INT_COLS = ("index", "node", "gpu", "outcome", "mechanism", "attempts", "gets", "sets",
+                "event_wakeups", "missed_wakeups", "release", "lost_reason", "task_type")
+    FLOAT_COLS = ("arrival_s", "slot_s", "acquired_s", "gpu_end_s", "end_s", "wait_s",
+                  "lost_lock_s")
+    BOOL_COLS = ("fell_back", "deleted_other")
+
+    def __init__(self, cols: dict[str, np.ndarray], task_ids: Sequence[str],
+                 type_names: Sequence[str], node_names: Sequence[str]):
+        self.cols = cols
+        self.task_ids = task_ids
+        self.type_names = tuple(type_names)
+        self.node_names = tuple(node_names)
+        self._records: tuple[TaskRecord, ...] | None = None
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            return self.__dict__["cols"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_records": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        return len(self.cols["index"])
+
+    def _record(self, i: int) -> TaskRecord:
+        c = self.cols
+
+        def opt_f(name: str) -> float | None:
+            x = float(c[name][i])
+            return None if x != x else x
+
+        def opt_s(name: str, names: tuple[str, ...]) -> str | None:
+            k = int(c[name][i])
+            return None if k < 0 else names[k]
+
+        gpu = int(c["gpu"][i])
+        return TaskRecord(
+            index=int(c["index"][i]), task_id=self.task_ids[i],
+            task_type=self.type_names[int(c["task_type"][i])],
+            node=self.node_names[int(c["node"][i])], gpu=None if gpu < 0 else gpu,
+            arrival_s=float(c["arrival_s"][i]), slot_s=float(c["slot_s"][i]),
+            outcome=OUTCOMES[int(c["outcome"][i])],
+            mechanism=opt_s("mechanism", MECHANISMS), acquired_s=opt_f("acquired_s"),
+            gpu_end_s=opt_f("gpu_end_s"), end_s=float(c["end_s"][i]),
+            wait_s=float(c["wait_s"][i]), attempts=int(c["attempts"][i]),
+            gets=int(c["gets"][i]), sets=int(c["sets"][i]),
+            event_wakeups=int(c["event_wakeups"][i]), fell_back=bool(c["fell_back"][i]),
+            missed_wakeups=int(c["missed_wakeups"][i]), release=opt_s("release", RELEASES),
+            deleted_other=bool(c["deleted_other"][i]), lost_lock_s=opt_f("lost_lock_s"),
+            lost_reason=opt_s("lost_reason", LOST_REASONS))
+
+    def records(self) -> tuple[TaskRecord, ...]:
+        if self._records is None:
+            self._records = tuple(self._record(i) for i in range(len(self)))
+        return self._records
+
+    def __iter__(self) -> Iterator[TaskRecord]:
+        return iter(self.records())
+
+    def __getitem__(self, i: int) -> TaskRecord:
+        return self.records()[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (TaskTable, tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def subset(self, mask: np.ndarray) -> "TaskTable":
+        return TaskTable({k: v[mask] for k, v in self.cols.items()},
+                         _Picked(self.task_ids, np.flatnonzero(mask)), self.type_names,
+                         self.node_names)
+
+    @classmethod
+    def from_records(cls, records: Sequence[TaskRecord]) -> "TaskTable":
+        if isinstance(records, TaskTable):
+            return records
+        types = tuple(sorted({r.task_type for r in records}))
+        nodes = tuple(sorted({r.node for r in records}))
+        t_code = {t: i for i, t in enumerate(types)}
+        n_code = {n: i for i, n in enumerate(nodes)}
+        nan = float("nan")
+        cols: dict[str, list] = {k: [] for k in cls.INT_COLS + cls.FLOAT_COLS + cls.BOOL_COLS}
+        for r in records:
+            cols["index"].append(r.index)
+            cols["node"].append(n_code[r.node])
+            cols["gpu"].append(-1 if r.gpu is None else r.gpu)
+            cols["outcome"].append(OUTCOMES.index(r.outcome))
+            cols["mechanism"].append(_code(r.mechanism, MECHANISMS))
+            cols["release"].append(_code(r.release, RELEASES))
+            cols["lost_reason"].append(_code(r.lost_reason, LOST_REASONS))
+            cols["task_type"].append(t_code[r.task_type])
+            for k in ("attempts", "gets", "sets", "event_wakeups", "missed_wakeups",
+                      "fell_back", "deleted_other", "arrival_s", "slot_s", "end_s", "wait_s"):
+                cols[k].append(getattr(r, k))
+            for k in ("acquired_s", "gpu_end_s", "lost_lock_s"):
+                v = getattr(r, k)
+                cols[k].append(nan if v is None else v)
+        arrays = {k: np.array(v, dtype=np.int64) for k, v in cols.items() if k in cls.INT_COLS}
+        arrays.update({k: np.array(cols[k], dtype=np.float64) for k in cls.FLOAT_COLS})
+        arrays.update({k: np.array(cols[k], dtype=bool) for k in cls.BOOL_COLS})
+        table = cls(arrays, [r.task_id for r in records], types, nodes)
+        table._records = tuple(records)
+        return table
+
+
+class _Picked:
+    """Some of a sequence's items, read on demand."""
+
+    def __init__(self, items: Sequence[str], idx: np.ndarray):
+        self.items, self.idx = items, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> str:
+        return self.items[int(self.idx[i])]
+
+
+class HoldTable:
+    """Key incarnations as columns (log order); iterates as KeyHold."""
+
+    def __init__(self, key: np.ndarray, holder: np.ndarray, set_s: np.ndarray,
+                 end_s: np.ndarray, reason: np.ndarray, ended_by: np.ndarray,
+                 key_names: Sequence[str]):
+        self.key, self.holder, self.set_s, self.end_s = key, holder, set_s, end_s
+        self.reason, self.ended_by, self.key_names = reason, ended_by, tuple(key_names)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def __iter__(self) -> Iterator[KeyHold]:
+        for i in range(len(self)):
+            by = int(self.ended_by[i])
+            yield KeyHold(self.key_names[int(self.key[i])], int(self.holder[i]),
+                          float(self.set_s[i]), float(self.end_s[i]),
+                          HOLD_REASONS[int(self.reason[i])], None if by < 0 else by)
+
+    def count(self, *reasons: str) -> int:
+        codes = [HOLD_REASONS.index(r) for r in reasons]
+        return int(np.isin(self.reason, codes).sum())
+
+
+def hold_reason_count(holds: Sequence[KeyHold] | HoldTable, *reasons: str) -> int:
+    if isinstance(holds, HoldTable):
+        return holds.count(*reasons)
+    return sum(h.end_reason in reasons for h in holds)

@@ -17,10 +17,12 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Required
 
+import numpy as np
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
@@ -57,13 +59,49 @@ class Trace:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    @property
+    @cached_property
     def task_types(self) -> tuple[str, ...]:
         return tuple(sorted({t.task_type for t in self.tasks}))
+
+    @cached_property
+    def columns(self) -> "TraceColumns":
+        """The tasks as arrays (built once per trace: the engines and checks read these)."""
+        return TraceColumns.of(self)
 
     @property
     def horizon_s(self) -> float:
         return self.tasks[-1].arrival_s if self.tasks else 0.0
+
+
+@dataclass(frozen=True)
+class TraceColumns:
+    arrival_s: np.ndarray      # float64
+    duration_s: np.ndarray     # float64
+    crashed: np.ndarray        # bool
+    gpu: np.ndarray            # int64, -1 = not given
+    node: np.ndarray           # int64 code into `nodes`, -1 = not given
+    nodes: tuple[str, ...]     # node names the trace names, sorted
+    task_type: np.ndarray      # int64 code into `types`
+    types: tuple[str, ...]     # sorted
+
+    @classmethod
+    def of(cls, trace: "Trace") -> "TraceColumns":
+        tasks = trace.tasks
+        n = len(tasks)
+        types = trace.task_types
+        type_code = {t: i for i, t in enumerate(types)}
+        nodes = tuple(sorted({t.node for t in tasks if t.node is not None}))
+        node_code: dict[str | None, int] = {nd: i for i, nd in enumerate(nodes)}
+        node_code[None] = -1
+        return cls(
+            arrival_s=np.fromiter((t.arrival_s for t in tasks), np.float64, n),
+            duration_s=np.fromiter((t.duration_s for t in tasks), np.float64, n),
+            crashed=np.fromiter((t.crashed for t in tasks), np.bool_, n),
+            gpu=np.fromiter((-1 if t.gpu is None else t.gpu for t in tasks), np.int64, n),
+            node=np.fromiter((node_code[t.node] for t in tasks), np.int64, n),
+            nodes=nodes,
+            task_type=np.fromiter((type_code[t.task_type] for t in tasks), np.int64, n),
+            types=types)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""The fast engine: same model, but a failed poll is arithmetic, not an event.
+"""The parked engine (`--engine parked`): the model in pure Python, a failed poll arithmetic.
+
+It was the first fast engine; the compiled engine (gpusim.engine_compiled) replaced it as the
+default. It stays as a second, independent way of skipping polls (waiters park and are woken by
+key frees) that the differential tests also hold to the reference.
 
 A polling waiter's future is a fixed schedule as long as every GET finds the key held: attempt
 times follow from its start, the round trip and its own jitter stream. So the waiter computes
@@ -193,8 +197,8 @@ class Waiter:
         return best
 
 
-class FastModel(Model):
-    engine_name = "fast"
+class ParkedModel(Model):
+    engine_name = "parked"
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -1,0 +1,1043 @@
+"""The compiled engine (`--engine fast`, the default): the reference model as a numba state machine.
+
+It is gpusim.model (the executable specification) transcribed, generator by generator, into one
+compiled event loop over arrays: the same events, at the same (time, priority, insertion) order,
+with the same floating-point operations in the same order and the same counter-based random
+streams, so it writes bit-identical records (tests/test_differential.py holds it to that).
+
+What makes its cost independent of the poll rate is one rule: a GET in the polling phase whose
+server time g is earlier than the key's *change horizon* is not scheduled as an event but done on
+the spot, because its answer is already known (held) and nothing it does can be seen by anyone
+else. A held key can only change by
+- its TTL running out (expires_at, known),
+- a command of a task that set it and has not yet finished releasing it (its EVAL time is fixed
+  when it acquires: end of GPU work + h; after a failed EVAL, its emergency DEL time),
+- the monitor's next tick;
+new changers can only appear after the key is free again. So the horizon is the earliest of those,
+and every GET before it would find the key held in the reference too. Skipped GETs are still
+counted (per task, per command, per minute). In the event-driven path every command stays an event.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from gpusim.cluster import COMMANDS, Cluster
+from gpusim.config import LockSettings
+from gpusim.model import PRIO_TASK0, LockParams, MonitorParams
+from gpusim.records import RunLog, HoldTable, TaskTable
+from gpusim.rng import GAMMA, JITTER_LO, JITTER_SPAN, TASK_SALT, stream_key
+from gpusim.trace import Trace
+
+C_GET, C_SET, C_EVAL, C_DEL, C_PUBLISH, C_SUBSCRIBE, C_UNSUBSCRIBE, C_TTL, C_EXISTS = range(9)
+assert COMMANDS == ("GET", "SET", "EVAL", "DEL", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "TTL",
+                    "EXISTS")
+
+# event kinds
+E_ARRIVAL, E_RESUME, E_SUB, E_UNSUB, E_WAKE, E_MSG, E_MONITOR = range(7)
+# resume points (where a task's generator is suspended in gpusim.model)
+P_INIT, P_SLOT, P_GET, P_SET, P_EV_WOKE, P_FINISH, P_GPU_DONE, P_EVAL, P_PUB, P_REL_GET, \
+    P_REL_DEL = range(11)
+# internal steps (no event between them)
+Q_SETUP, Q_POLL_TOP, Q_TRY_START, Q_TRY_KEY, Q_TRY_NEXT, Q_TRY_WON, Q_TRY_FAIL, Q_EV_LOOP, \
+    Q_FALLBACK, Q_EV_END, Q_AFTER, Q_WOKE, Q_YIELD = range(100, 113)
+# try contexts
+X_POLL, X_EV_FIRST, X_EV_WOKEN, X_EV_POLL = range(4)
+# hold end reasons (gpusim.records.HOLD_REASONS)
+H_RELEASED, H_EXPIRED, H_EMERGENCY, H_MONITOR, H_OPEN = range(5)
+POLICIES = {"pinned": 0, "round_robin": 1, "probe_all": 2}
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GAMMA = np.uint64(GAMMA)
+_SALT = np.uint64(TASK_SALT)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_U53 = 2.0 ** -53
+_INF = math.inf
+
+
+@njit(cache=True, inline="always")
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True)
+def _task_state(key, i):
+    return _mix(key ^ _mix(np.uint64(i) * _SALT + _GAMMA))
+
+
+@njit(cache=True, inline="always")
+def _uniform(state, k):
+    return np.float64(_mix(state + np.uint64(k + 1) * _GAMMA) >> _S11) * _U53
+
+
+# -- the event heap: rows (time, priority, sequence, kind, task, int arg, float arg) ------------
+@njit(cache=True, inline="always")
+def _before(t1, p1, s1, t2, p2, s2):
+    if t1 != t2:
+        return t1 < t2
+    if p1 != p2:
+        return p1 < p2
+    return s1 < s2
+
+
+@njit(cache=True)
+def _push(H, n, t, prio, seq, kind, task, arg, val):
+    """Sift a new row up from the end (moving parents down into the hole, not swapping)."""
+    if n == H.shape[0]:
+        G = np.empty((2 * n, 7))
+        G[:n] = H
+        H = G
+    j = n
+    while j > 0:
+        p = (j - 1) >> 1
+        if _before(t, prio, seq, H[p, 0], H[p, 1], H[p, 2]):
+            for q in range(7):
+                H[j, q] = H[p, q]
+            j = p
+        else:
+            break
+    H[j, 0] = t
+    H[j, 1] = prio
+    H[j, 2] = seq
+    H[j, 3] = kind
+    H[j, 4] = task
+    H[j, 5] = arg
+    H[j, 6] = val
+    return H, n + 1
+
+
+@njit(cache=True)
+def _pop(H, n, out):
+    """Take the first row into `out`; sift the last row down from the top."""
+    for q in range(7):
+        out[q] = H[0, q]
+    n -= 1
+    if n > 0:
+        t, p, s = H[n, 0], H[n, 1], H[n, 2]
+        j = 0
+        while True:
+            c = 2 * j + 1
+            if c >= n:
+                break
+            if c + 1 < n and _before(H[c + 1, 0], H[c + 1, 1], H[c + 1, 2],
+                                     H[c, 0], H[c, 1], H[c, 2]):
+                c += 1
+            if _before(H[c, 0], H[c, 1], H[c, 2], t, p, s):
+                for q in range(7):
+                    H[j, q] = H[c, q]
+                j = c
+            else:
+                break
+        if j != n:
+            for q in range(7):
+                H[j, q] = H[n, q]
+    return n
+
+
+@njit(cache=True)
+def _grow_rows(M, row):
+    if row < M.shape[0]:
+        return M
+    size = M.shape[0]
+    while size <= row:
+        size *= 2
+    G = np.zeros((size, M.shape[1]), dtype=M.dtype)
+    G[:M.shape[0]] = M
+    return G
+
+
+@njit(cache=True)
+def _grow_vec(M, row):
+    if row < M.shape[0]:
+        return M
+    size = M.shape[0]
+    while size <= row:
+        size *= 2
+    G = np.zeros(size, dtype=M.dtype)
+    G[:M.shape[0]] = M
+    return G
+
+
+@njit(cache=True)
+def _grow_holds(HL, n):
+    if n < HL.shape[0]:
+        return HL
+    G = np.empty((2 * HL.shape[0], 6))
+    G[:n] = HL[:n]
+    return G
+
+
+@njit(cache=True)
+def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
+              n_nodes, node_gpus, keymap, n_keys, key_order,
+              p_poll, p_maxwait, p_ttl, p_backoff, p_maxpoll, p_event, p_fallback,
+              workers, policy, h, sub_delay, wake_jitter, jkey, dkey,
+              emergency, monitor, m_interval, m_soft, m_hard, m_hb):
+    n = arr.shape[0]
+    maxk = keymap.shape[1] if policy == 2 else 1
+    # ---- per-task state and results
+    pc = np.full(n, P_INIT, np.int64)
+    node = np.full(n, -1, np.int64)
+    slot_s = np.full(n, np.nan)
+    jstate = np.zeros(n, np.uint64)
+    dstate = np.zeros(n, np.uint64)
+    dmade = np.zeros(n, np.bool_)
+    ndeliv = np.zeros(n, np.int64)
+    acquired_s = np.full(n, np.nan)
+    acq_key = np.full(n, -1, np.int64)
+    gpu = np.full(n, -1, np.int64)
+    gpu_end = np.full(n, np.nan)
+    end_s = np.full(n, np.nan)
+    wait_s = np.full(n, np.nan)
+    outcome = np.full(n, -1, np.int64)
+    mech = np.full(n, -1, np.int64)
+    attempts = np.zeros(n, np.int64)
+    gets = np.zeros(n, np.int64)
+    sets = np.zeros(n, np.int64)
+    wakeups = np.zeros(n, np.int64)
+    fell_back = np.zeros(n, np.bool_)
+    missed = np.zeros(n, np.int64)
+    release = np.full(n, -1, np.int64)
+    deleted_other = np.zeros(n, np.bool_)
+    flag = np.zeros(n, np.bool_)
+    waiting = np.zeros(n, np.int64)        # 0 none, 1 slot, 2 event wait
+    triggered = np.zeros(n, np.bool_)
+    wait_gen = np.zeros(n, np.int64)
+    # generator locals
+    c_ = np.zeros(n)
+    g_ = np.zeros(n)
+    start_ = np.zeros(n)
+    cur_ = np.zeros(n)
+    kk_ = np.zeros(n, np.int64)
+    m_ = np.zeros(n, np.int64)
+    ctx_ = np.zeros(n, np.int64)
+    won_ = np.zeros(n, np.bool_)
+    wonm_ = np.zeros(n, np.int64)
+    waitv_ = np.zeros(n)
+    nk_ = np.ones(n, np.int64)
+    ksel_ = np.full(n, -1, np.int64)
+    kgpu_ = np.zeros(n, np.int64)
+    # ---- keys: value (owner code, -1 none), holder, set time, expiry; and who may still touch
+    kval = np.full(n_keys, -1, np.int64)
+    kholder = np.full(n_keys, -1, np.int64)
+    kset = np.zeros(n_keys)
+    kexp = np.zeros(n_keys)
+    thead = np.full(n_keys, -1, np.int64)
+    tnext = np.full(n, -1, np.int64)
+    tprev = np.full(n, -1, np.int64)
+    tin = np.zeros(n, np.bool_)
+    touch_t = np.full(n, _INF)
+    # ---- pub/sub: per key, subscribers in subscription order, and tasks between first GET
+    # and SUBSCRIBE (the lost wake-up window); nodes are (task, key position) ids
+    ns = n * maxk
+    chead = np.full(n_keys, -1, np.int64)
+    ctail = np.full(n_keys, -1, np.int64)
+    cnext = np.full(ns, -1, np.int64)
+    cprev = np.full(ns, -1, np.int64)
+    cin = np.zeros(ns, np.bool_)
+    phead = np.full(n_keys, -1, np.int64)
+    pnext = np.full(ns, -1, np.int64)
+    pprev = np.full(ns, -1, np.int64)
+    pin = np.zeros(ns, np.bool_)
+    # ---- slots: free per (service, node), FIFO queue per service
+    n_svc = workers.shape[0]
+    free = np.empty((n_svc, n_nodes), np.int64)
+    for s in range(n_svc):
+        for nd in range(n_nodes):
+            free[s, nd] = workers[s]
+    qhead = np.full(n_svc, -1, np.int64)
+    qtail = np.full(n_svc, -1, np.int64)
+    qnext = np.full(n, -1, np.int64)
+    qprev = np.full(n, -1, np.int64)
+    rr = np.zeros(n_nodes, np.int64)
+    # ---- accounting
+    commands = np.zeros(9, np.int64)
+    cstats = np.zeros(9, np.int64)
+    MC = np.zeros((64, 9), np.int64)
+    MD = np.zeros(64, np.int64)
+    max_minute = -1
+    deliveries = 0
+    HL = np.empty((max(16, n), 6))
+    hn = 0
+    # ---- events
+    H = np.empty((1024, 7))
+    hsize = 0
+    seq = 0.0
+    ev = np.empty(7)
+    remaining = n
+    mprio = float(PRIO_TASK0 + n)
+    mon_next = _INF
+    if n > 0:
+        H, hsize = _push(H, hsize, arr[0], PRIO_TASK0, seq, E_ARRIVAL, 0, 0, 0.0)
+        seq += 1
+    if monitor and n > 0:
+        mon_next = 0.0 + m_interval
+        H, hsize = _push(H, hsize, mon_next, mprio, seq, E_MONITOR, -1, 0, 0.0)
+        seq += 1
+
+    n_events = 0
+    while hsize > 0:
+        hsize = _pop(H, hsize, ev)
+        n_events += 1
+        now = ev[0]
+        kind = int(ev[3])
+        i = int(ev[4])
+        if kind == E_ARRIVAL:
+            H, hsize = _push(H, hsize, now, 0.0, seq, E_RESUME, i, 0, np.nan)
+            seq += 1
+            if i + 1 < n:
+                H, hsize = _push(H, hsize, arr[i + 1], PRIO_TASK0 + i + 1, seq, E_ARRIVAL,
+                                 i + 1, 0, 0.0)
+                seq += 1
+            continue
+        if kind == E_MONITOR:
+            t = now
+            for q in range(key_order.shape[0]):
+                K = key_order[q]
+                for cmd in (C_GET, C_TTL):
+                    commands[cmd] += 1
+                    cstats[cmd] += 1
+                    row = int(t // 60.0)
+                    MC = _grow_rows(MC, row)
+                    MC[row, cmd] += 1
+                    max_minute = max(max_minute, row)
+                if kval[K] >= 0 and t >= kexp[K]:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                if kval[K] < 0:
+                    continue
+                age = t - kset[K]
+                j = kholder[K]
+                dead = crashed[j] and not np.isnan(gpu_end[j]) and t >= gpu_end[j] + m_hb
+                if age >= m_hard or (age >= m_soft and dead):
+                    extra = (C_EXISTS, C_GET, C_DEL) if age < m_hard else (C_GET, C_DEL, -1)
+                    for cmd in extra:
+                        if cmd < 0:
+                            continue
+                        commands[cmd] += 1
+                        cstats[cmd] += 1
+                        row = int(t // 60.0)
+                        MC = _grow_rows(MC, row)
+                        MC[row, cmd] += 1
+                        max_minute = max(max_minute, row)
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = t, H_MONITOR, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                elif age >= m_soft:
+                    commands[C_EXISTS] += 1
+                    cstats[C_EXISTS] += 1
+                    row = int(t // 60.0)
+                    MC = _grow_rows(MC, row)
+                    MC[row, C_EXISTS] += 1
+                    max_minute = max(max_minute, row)
+            if remaining > 0:
+                mon_next = t + m_interval
+                H, hsize = _push(H, hsize, mon_next, mprio, seq, E_MONITOR, -1, 0, 0.0)
+                seq += 1
+            else:
+                mon_next = _INF
+            continue
+        prio = float(PRIO_TASK0 + i)
+        if kind == E_SUB or kind == E_UNSUB:
+            m = int(ev[5])
+            K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+            sid = i * maxk + m
+            cmd = C_SUBSCRIBE if kind == E_SUB else C_UNSUBSCRIBE
+            commands[cmd] += 1
+            cstats[cmd] += 1
+            row = int(now // 60.0)
+            MC = _grow_rows(MC, row)
+            MC[row, cmd] += 1
+            max_minute = max(max_minute, row)
+            if kind == E_SUB:
+                if pin[sid]:
+                    pin[sid] = False
+                    if pprev[sid] >= 0:
+                        pnext[pprev[sid]] = pnext[sid]
+                    else:
+                        phead[K] = pnext[sid]
+                    if pnext[sid] >= 0:
+                        pprev[pnext[sid]] = pprev[sid]
+                if not cin[sid]:
+                    cin[sid] = True
+                    cnext[sid] = -1
+                    cprev[sid] = ctail[K]
+                    if ctail[K] >= 0:
+                        cnext[ctail[K]] = sid
+                    else:
+                        chead[K] = sid
+                    ctail[K] = sid
+            elif cin[sid]:
+                cin[sid] = False
+                if cprev[sid] >= 0:
+                    cnext[cprev[sid]] = cnext[sid]
+                else:
+                    chead[K] = cnext[sid]
+                if cnext[sid] >= 0:
+                    cprev[cnext[sid]] = cprev[sid]
+                else:
+                    ctail[K] = cprev[sid]
+            continue
+        if kind == E_WAKE or kind == E_MSG:
+            if kind == E_MSG:
+                flag[i] = True
+                gen = wait_gen[i]
+                value = ev[6]
+            else:
+                gen = int(ev[5])
+                value = np.nan
+            if waiting[i] == 2 and gen == wait_gen[i] and not triggered[i]:
+                triggered[i] = True
+                H, hsize = _push(H, hsize, now, prio, seq, E_RESUME, i, 0, value)
+                seq += 1
+            continue
+
+        # ---- E_RESUME: run task i's generator until it yields --------------------------------
+        value = ev[6]
+        step = pc[i]
+        while True:
+            if step == P_INIT:
+                s = svc[i]
+                best = -1
+                if allowed[i] >= 0:
+                    if free[s, allowed[i]] > 0:
+                        best = allowed[i]
+                else:
+                    for nd in range(n_nodes):
+                        if free[s, nd] > 0 and (best < 0 or free[s, nd] > free[s, best]):
+                            best = nd
+                if best < 0:
+                    qnext[i] = -1
+                    qprev[i] = qtail[s]
+                    if qtail[s] >= 0:
+                        qnext[qtail[s]] = i
+                    else:
+                        qhead[s] = i
+                    qtail[s] = i
+                    waiting[i] = 1
+                    pc[i] = P_SLOT
+                    break
+                free[s, best] -= 1
+                node[i] = best
+                step = Q_SETUP
+            elif step == P_SLOT:
+                waiting[i] = 0
+                node[i] = int(ev[5])
+                step = Q_SETUP
+            elif step == Q_SETUP:
+                nd = node[i]
+                slot_s[i] = now
+                jstate[i] = _task_state(jkey, i)
+                if policy == 2:
+                    nk_[i] = node_gpus[nd]
+                    ksel_[i] = -1
+                else:
+                    if policy == 1:
+                        gg = rr[nd] % node_gpus[nd]
+                        rr[nd] += 1
+                    else:
+                        gg = pin_gpu[i]
+                    nk_[i] = 1
+                    ksel_[i] = keymap[nd, gg]
+                    kgpu_[i] = gg
+                start_[i] = now
+                c_[i] = now
+                if p_event[nd]:
+                    for m in range(nk_[i]):
+                        K = keymap[nd, m] if ksel_[i] < 0 else ksel_[i]
+                        sid = i * maxk + m
+                        if not pin[sid]:
+                            pin[sid] = True
+                            pprev[sid] = -1
+                            pnext[sid] = phead[K]
+                            if phead[K] >= 0:
+                                pprev[phead[K]] = sid
+                            phead[K] = sid
+                    ctx_[i] = X_EV_FIRST
+                    step = Q_TRY_START
+                else:
+                    cur_[i] = p_poll[nd]
+                    kk_[i] = 0
+                    ctx_[i] = X_POLL
+                    step = Q_POLL_TOP
+            elif step == Q_POLL_TOP:
+                nd = node[i]
+                if c_[i] - start_[i] < p_maxwait[nd]:
+                    step = Q_TRY_START
+                else:
+                    won_[i] = False
+                    step = Q_AFTER if ctx_[i] == X_POLL else Q_EV_END
+            elif step == Q_TRY_START:
+                attempts[i] += 1
+                m_[i] = 0
+                g_[i] = c_[i] + h
+                step = Q_TRY_KEY
+            elif step == Q_TRY_KEY:
+                m = m_[i]
+                K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+                g = g_[i]
+                skip = False
+                if (ctx_[i] == X_POLL or ctx_[i] == X_EV_POLL) and kval[K] >= 0 \
+                        and now < kexp[K] and g < kexp[K] and g < mon_next:
+                    skip = True
+                    j = thead[K]
+                    while j >= 0:
+                        if not (g < touch_t[j]):
+                            skip = False
+                            break
+                        j = tnext[j]
+                if skip:  # the reference's GET at g would find the key held: done here
+                    gets[i] += 1
+                    commands[C_GET] += 1
+                    cstats[C_GET] += 1
+                    row = int(g // 60.0)
+                    MC = _grow_rows(MC, row)
+                    MC[row, C_GET] += 1
+                    max_minute = max(max_minute, row)
+                    c_[i] = g + h
+                    step = Q_TRY_NEXT
+                else:
+                    H, hsize = _push(H, hsize, g, prio, seq, E_RESUME, i, 0, np.nan)
+                    seq += 1
+                    pc[i] = P_GET
+                    break
+            elif step == P_GET:
+                m = m_[i]
+                K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+                g = g_[i]
+                gets[i] += 1
+                commands[C_GET] += 1
+                cstats[C_GET] += 1
+                row = int(g // 60.0)
+                MC = _grow_rows(MC, row)
+                MC[row, C_GET] += 1
+                max_minute = max(max_minute, row)
+                if kval[K] >= 0 and g >= kexp[K]:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                c = g + h
+                c_[i] = c
+                if kval[K] >= 0:
+                    step = Q_TRY_NEXT
+                else:
+                    s_t = c + h
+                    g_[i] = s_t
+                    H, hsize = _push(H, hsize, s_t, prio, seq, E_RESUME, i, 0, np.nan)
+                    seq += 1
+                    pc[i] = P_SET
+                    break
+            elif step == P_SET:
+                m = m_[i]
+                nd = node[i]
+                K = keymap[nd, m] if ksel_[i] < 0 else ksel_[i]
+                s_t = g_[i]
+                sets[i] += 1
+                commands[C_SET] += 1
+                cstats[C_SET] += 1
+                row = int(s_t // 60.0)
+                MC = _grow_rows(MC, row)
+                MC[row, C_SET] += 1
+                max_minute = max(max_minute, row)
+                if kval[K] >= 0 and s_t >= kexp[K]:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                c = s_t + h
+                c_[i] = c
+                if kval[K] >= 0:
+                    step = Q_TRY_NEXT
+                else:
+                    kval[K] = owner_of[i]
+                    kholder[K] = i
+                    kset[K] = s_t
+                    kexp[K] = s_t + p_ttl[nd]
+                    if not crashed[i]:  # it will send EVAL at (end of GPU work) + h
+                        touch_t[i] = (c + dur[i]) + h
+                        tin[i] = True
+                        tprev[i] = -1
+                        tnext[i] = thead[K]
+                        if thead[K] >= 0:
+                            tprev[thead[K]] = i
+                        thead[K] = i
+                    wonm_[i] = m
+                    step = Q_TRY_WON
+            elif step == Q_TRY_NEXT:
+                m_[i] += 1
+                if m_[i] < nk_[i]:
+                    g_[i] = c_[i] + h
+                    step = Q_TRY_KEY
+                else:
+                    step = Q_TRY_FAIL
+            elif step == Q_TRY_WON:
+                x = ctx_[i]
+                won_[i] = True
+                if x == X_POLL or x == X_EV_POLL:
+                    if mech[i] < 0:
+                        mech[i] = 2
+                    step = Q_AFTER if x == X_POLL else Q_EV_END
+                elif x == X_EV_FIRST:
+                    for m in range(nk_[i]):
+                        sid = i * maxk + m
+                        if pin[sid]:
+                            K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+                            pin[sid] = False
+                            if pprev[sid] >= 0:
+                                pnext[pprev[sid]] = pnext[sid]
+                            else:
+                                phead[K] = pnext[sid]
+                            if pnext[sid] >= 0:
+                                pprev[pnext[sid]] = pprev[sid]
+                    mech[i] = 0
+                    step = Q_AFTER
+                else:
+                    mech[i] = 1
+                    step = Q_EV_END
+            elif step == Q_TRY_FAIL:
+                x = ctx_[i]
+                nd = node[i]
+                if x == X_POLL or x == X_EV_POLL:
+                    if p_backoff[nd]:
+                        cur_[i] = min(cur_[i] * 1.5, p_maxpoll[nd])
+                        sleep = cur_[i] * (JITTER_LO + JITTER_SPAN
+                                           * _uniform(jstate[i], kk_[i]))
+                    else:
+                        sleep = p_poll[nd]
+                    kk_[i] += 1
+                    c_[i] = c_[i] + sleep
+                    step = Q_POLL_TOP
+                elif x == X_EV_FIRST:
+                    sub_at = (c_[i] + sub_delay) + h
+                    for m in range(nk_[i]):
+                        H, hsize = _push(H, hsize, sub_at, prio, seq, E_SUB, i, m, 0.0)
+                        seq += 1
+                    step = Q_EV_LOOP
+                else:
+                    flag[i] = False
+                    step = Q_EV_LOOP
+            elif step == Q_EV_LOOP:
+                nd = node[i]
+                c = c_[i]
+                if c - start_[i] < p_maxwait[nd]:
+                    w = min(p_maxwait[nd] - (c - start_[i]), p_fallback[nd])
+                    waitv_[i] = w
+                    if not flag[i]:
+                        wait_gen[i] += 1
+                        waiting[i] = 2
+                        triggered[i] = False
+                        H, hsize = _push(H, hsize, c + w, prio, seq, E_WAKE, i, wait_gen[i],
+                                         0.0)
+                        seq += 1
+                        pc[i] = P_EV_WOKE
+                        break
+                    value = c
+                    step = Q_WOKE
+                else:
+                    step = Q_FALLBACK
+            elif step == P_EV_WOKE:
+                waiting[i] = 0
+                step = Q_WOKE
+            elif step == Q_WOKE:
+                if np.isnan(value):  # no release message within the wait: fall back
+                    c_[i] = c_[i] + waitv_[i]
+                    step = Q_FALLBACK
+                else:
+                    c_[i] = value
+                    wakeups[i] += 1
+                    ctx_[i] = X_EV_WOKEN
+                    step = Q_TRY_START
+            elif step == Q_FALLBACK:
+                fell_back[i] = True
+                cur_[i] = p_poll[node[i]]
+                kk_[i] = 0
+                ctx_[i] = X_EV_POLL
+                step = Q_POLL_TOP
+            elif step == Q_EV_END:
+                for m in range(nk_[i]):
+                    H, hsize = _push(H, hsize, c_[i] + h, prio, seq, E_UNSUB, i, m, 0.0)
+                    seq += 1
+                step = Q_AFTER
+            elif step == Q_AFTER:
+                c = c_[i]
+                wait_s[i] = c - start_[i]
+                if not won_[i]:
+                    outcome[i] = 2
+                    H, hsize = _push(H, hsize, c, prio, seq, E_RESUME, i, 0, np.nan)
+                    seq += 1
+                    pc[i] = P_FINISH
+                    break
+                acquired_s[i] = c
+                m = wonm_[i]
+                if ksel_[i] < 0:
+                    acq_key[i] = keymap[node[i], m]
+                    gpu[i] = m
+                else:
+                    acq_key[i] = ksel_[i]
+                    gpu[i] = kgpu_[i]
+                gpu_end[i] = c + dur[i]
+                H, hsize = _push(H, hsize, gpu_end[i], prio, seq, E_RESUME, i, 0, np.nan)
+                seq += 1
+                pc[i] = P_GPU_DONE
+                break
+            elif step == P_GPU_DONE:
+                if crashed[i]:
+                    outcome[i] = 1
+                    step = P_FINISH
+                    now = gpu_end[i]
+                    continue
+                outcome[i] = 0
+                e = gpu_end[i] + h
+                g_[i] = e
+                H, hsize = _push(H, hsize, e, prio, seq, E_RESUME, i, 0, np.nan)
+                seq += 1
+                pc[i] = P_EVAL
+                break
+            elif step == P_EVAL:
+                K = acq_key[i]
+                e = g_[i]
+                if kval[K] >= 0 and e >= kexp[K]:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                commands[C_EVAL] += 1
+                cstats[C_EVAL] += 1
+                cstats[C_GET] += 1
+                row = int(e // 60.0)
+                MC = _grow_rows(MC, row)
+                MC[row, C_EVAL] += 1
+                max_minute = max(max_minute, row)
+                c = e + h
+                if kval[K] >= 0 and kval[K] == owner_of[i]:
+                    cstats[C_DEL] += 1
+                    holder = kholder[K]
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, holder, kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = e, H_RELEASED, i
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                    release[i] = 0
+                    deleted_other[i] = holder != i
+                    done_touching = True
+                    nxt_t = c + h
+                    pc[i] = P_PUB
+                else:
+                    release[i] = 1
+                    nxt_t = c + h
+                    done_touching = not emergency
+                    if emergency:
+                        touch_t[i] = ((nxt_t + h) + h)
+                    pc[i] = P_REL_GET
+                if done_touching and tin[i]:
+                    tin[i] = False
+                    touch_t[i] = _INF
+                    if tprev[i] >= 0:
+                        tnext[tprev[i]] = tnext[i]
+                    else:
+                        thead[K] = tnext[i]
+                    if tnext[i] >= 0:
+                        tprev[tnext[i]] = tprev[i]
+                g_[i] = nxt_t
+                H, hsize = _push(H, hsize, nxt_t, prio, seq, E_RESUME, i, 0, np.nan)
+                seq += 1
+                break
+            elif step == P_PUB:
+                K = acq_key[i]
+                pub = g_[i]
+                sid = phead[K]
+                while sid >= 0:
+                    missed[sid // maxk] += 1
+                    sid = pnext[sid]
+                commands[C_PUBLISH] += 1
+                cstats[C_PUBLISH] += 1
+                row = int(pub // 60.0)
+                MC = _grow_rows(MC, row)
+                MC[row, C_PUBLISH] += 1
+                max_minute = max(max_minute, row)
+                sid = chead[K]
+                nsub = 0
+                while sid >= 0:
+                    j = sid // maxk
+                    t = pub + h
+                    if wake_jitter > 0:
+                        if not dmade[j]:
+                            dstate[j] = _task_state(dkey, j)
+                            dmade[j] = True
+                        t = t + wake_jitter * _uniform(dstate[j], ndeliv[j])
+                        ndeliv[j] += 1
+                    H, hsize = _push(H, hsize, t, float(PRIO_TASK0 + j), seq, E_MSG, j, 0, t)
+                    seq += 1
+                    nsub += 1
+                    sid = cnext[sid]
+                deliveries += nsub
+                if nsub > 0:
+                    MD = _grow_vec(MD, row)
+                    MD[row] += nsub
+                H, hsize = _push(H, hsize, pub + h, prio, seq, E_RESUME, i, 0, np.nan)
+                seq += 1
+                pc[i] = P_FINISH
+                break
+            elif step == P_REL_GET:
+                K = acq_key[i]
+                g = g_[i]
+                commands[C_GET] += 1
+                cstats[C_GET] += 1
+                row = int(g // 60.0)
+                MC = _grow_rows(MC, row)
+                MC[row, C_GET] += 1
+                max_minute = max(max_minute, row)
+                if kval[K] >= 0 and g >= kexp[K]:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                c = g + h
+                if not emergency:
+                    H, hsize = _push(H, hsize, c, prio, seq, E_RESUME, i, 0, np.nan)
+                    seq += 1
+                    pc[i] = P_FINISH
+                    break
+                d = c + h
+                g_[i] = d
+                H, hsize = _push(H, hsize, d, prio, seq, E_RESUME, i, 0, np.nan)
+                seq += 1
+                pc[i] = P_REL_DEL
+                break
+            elif step == P_REL_DEL:
+                K = acq_key[i]
+                d = g_[i]
+                commands[C_DEL] += 1
+                cstats[C_DEL] += 1
+                row = int(d // 60.0)
+                MC = _grow_rows(MC, row)
+                MC[row, C_DEL] += 1
+                max_minute = max(max_minute, row)
+                if kval[K] >= 0 and d >= kexp[K]:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                if kval[K] >= 0:
+                    HL = _grow_holds(HL, hn)
+                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = d, H_EMERGENCY, i
+                    hn += 1
+                    kval[K] = -1
+                    kholder[K] = -1
+                    deleted_other[i] = True
+                if tin[i]:
+                    tin[i] = False
+                    touch_t[i] = _INF
+                    if tprev[i] >= 0:
+                        tnext[tprev[i]] = tnext[i]
+                    else:
+                        thead[K] = tnext[i]
+                    if tnext[i] >= 0:
+                        tprev[tnext[i]] = tprev[i]
+                H, hsize = _push(H, hsize, d + h, prio, seq, E_RESUME, i, 0, np.nan)
+                seq += 1
+                pc[i] = P_FINISH
+                break
+            elif step == P_FINISH:
+                end_s[i] = now
+                remaining -= 1
+                s = svc[i]
+                nd = node[i]
+                j = qhead[s]
+                while j >= 0 and not (allowed[j] < 0 or allowed[j] == nd):
+                    j = qnext[j]
+                if j >= 0:  # the first queued task allowed on this node takes the slot
+                    if qprev[j] >= 0:
+                        qnext[qprev[j]] = qnext[j]
+                    else:
+                        qhead[s] = qnext[j]
+                    if qnext[j] >= 0:
+                        qprev[qnext[j]] = qprev[j]
+                    else:
+                        qtail[s] = qprev[j]
+                    H, hsize = _push(H, hsize, now, float(PRIO_TASK0 + j), seq, E_RESUME, j,
+                                     nd, np.nan)
+                    seq += 1
+                else:
+                    free[s, nd] += 1
+                break
+            else:
+                raise RuntimeError("gpusim compiled engine: unknown step")
+
+    horizon = 0.0
+    for i in range(n):
+        if end_s[i] > horizon:
+            horizon = end_s[i]
+    # close: keys still set expire (if due) or stay open, in key-name order
+    for q in range(key_order.shape[0]):
+        K = key_order[q]
+        if kval[K] < 0:
+            continue
+        HL = _grow_holds(HL, hn)
+        HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
+        if kexp[K] <= horizon:
+            HL[hn, 3], HL[hn, 4] = kexp[K], H_EXPIRED
+        else:
+            HL[hn, 3], HL[hn, 4] = horizon, H_OPEN
+        HL[hn, 5] = -1
+        hn += 1
+    # locks lost while the GPU work still ran (first incarnation each task set)
+    first = np.full(n, -1, np.int64)
+    for q in range(hn):
+        j = int(HL[q, 1])
+        if j >= 0 and first[j] < 0:
+            first[j] = q
+    lost_s = np.full(n, np.nan)
+    lost_reason = np.full(n, -1, np.int64)
+    for i in range(n):
+        q = first[i]
+        if q >= 0 and not np.isnan(gpu_end[i]) and HL[q, 3] < gpu_end[i] \
+                and int(HL[q, 5]) != i:
+            lost_s[i] = HL[q, 3]
+            r = int(HL[q, 4])
+            lost_reason[i] = 0 if r == H_EXPIRED else (1 if r == H_RELEASED else 2)
+    return (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts,
+            gets, sets, wakeups, fell_back, missed, release, deleted_other, lost_s,
+            lost_reason, commands, cstats, deliveries, MC[:max_minute + 1],
+            MD[:max_minute + 1], HL[:hn].copy(), horizon, n_events)
+
+
+class CompiledModel:
+    """Same constructor and `run()` contract as gpusim.model.Model."""
+
+    engine_name = "fast"
+
+    def __init__(self, trace: Trace, cluster: Cluster, settings: list[LockSettings], *,
+                 seed: int, replication: int = 0, time_scale: float = 1.0):
+        if len(settings) != len(cluster.nodes):
+            raise ValueError(f"one LockSettings per node: got {len(settings)} for "
+                             f"{len(cluster.nodes)} nodes")
+        self.trace, self.cluster, self.settings = trace, cluster, settings
+        self.seed, self.replication, self.time_scale = seed, replication, float(time_scale)
+        self.events_processed = 0  # events the last run() took off its queue
+
+    def _inputs(self) -> tuple[Any, ...]:
+        trace, cluster, f = self.trace, self.cluster, self.time_scale
+        cols = trace.columns
+        n = len(trace)
+        types = list(cols.types)
+        services = sorted({cluster.service_of(t) for t in types})
+        svc_code = {s: k for k, s in enumerate(services)}
+        type_svc = np.array([svc_code[cluster.service_of(t)] for t in types], np.int64)
+        node_index = {nd.name: nd.index for nd in cluster.nodes}
+        ttype = cols.task_type
+        arr = cols.arrival_s / f
+        dur = cols.duration_s / f
+        crashed = cols.crashed
+        to_cluster = np.array([node_index[nd] for nd in cols.nodes] + [-1], np.int64)
+        allowed = to_cluster[cols.node]  # code -1 (no node) indexes the trailing -1
+        pin_gpu = np.where(cols.gpu < 0, 0, cols.gpu)
+        if cluster.options.unique_owner_token:
+            owner = np.arange(n, dtype=np.int64)
+        else:
+            owner = n + ttype
+        # keys: one per (node, gpu), or one per gpu index when hosts share key names
+        nodes = cluster.nodes
+        max_g = max(nd.gpus for nd in nodes)
+        keymap = np.full((len(nodes), max_g), -1, np.int64)
+        names: dict[str, int] = {}
+        for nd in nodes:
+            for g in range(nd.gpus):
+                name = (f"gpu_lock:{g}" if cluster.options.shared_keys_across_nodes
+                        else f"{nd.name}/gpu_lock:{g}")
+                keymap[nd.index, g] = names.setdefault(name, len(names))
+        key_names = sorted(names, key=names.__getitem__)
+        key_order = np.array([names[k] for k in sorted(names)], np.int64)
+        params = [LockParams.from_config(s.gpu_lock, f) for s in self.settings]
+        mon = MonitorParams.from_settings(self.settings[0], f)
+        workers = np.array([cluster.workers_of(s) for s in services], np.int64)
+        r = cluster.redis
+        args = (arr, dur, crashed, type_svc[ttype], allowed, pin_gpu, owner,
+                len(nodes), np.array([nd.gpus for nd in nodes], np.int64), keymap, len(names),
+                key_order,
+                np.array([p.poll_interval for p in params]),
+                np.array([p.max_wait for p in params]), np.array([p.ttl for p in params]),
+                np.array([p.backoff for p in params], np.bool_),
+                np.array([p.max_poll for p in params]),
+                np.array([p.event_driven for p in params], np.bool_),
+                np.array([p.fallback for p in params]),
+                workers, POLICIES[cluster.gpu_policy], r.rtt_s / 2.0,
+                r.client_subscribe_delay_s, r.pubsub_wakeup_jitter_s,
+                np.uint64(stream_key(self.seed, self.replication, "jitter")),
+                np.uint64(stream_key(self.seed, self.replication, "delivery")),
+                cluster.options.emergency_delete, cluster.options.monitor,
+                mon.interval, mon.soft, mon.hard, mon.heartbeat_timeout)
+        return args, ttype, arr, types, key_names
+
+    def run(self) -> RunLog:
+        args, ttype, arr, types, key_names = self._inputs()
+        (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts, gets,
+         sets, wakeups, fell_back, missed, release, deleted_other, lost_s, lost_reason,
+         commands, cstats, deliveries, mc, md, holds, horizon, n_events) = _simulate(*args)
+        self.events_processed = int(n_events)
+        n = len(arr)
+        cols = {"index": np.arange(n, dtype=np.int64), "node": node, "gpu": gpu,
+                "outcome": outcome, "mechanism": mech, "attempts": attempts, "gets": gets,
+                "sets": sets, "event_wakeups": wakeups, "missed_wakeups": missed,
+                "release": release, "lost_reason": lost_reason, "task_type": ttype,
+                "arrival_s": arr, "slot_s": slot_s, "acquired_s": acquired_s,
+                "gpu_end_s": gpu_end, "end_s": end_s, "wait_s": wait_s, "lost_lock_s": lost_s,
+                "fell_back": fell_back, "deleted_other": deleted_other}
+        cluster = self.cluster
+        table = TaskTable(cols, _TaskIds(self.trace), types, [nd.name for nd in cluster.nodes])
+        hold_table = HoldTable(holds[:, 0].astype(np.int64), holds[:, 1].astype(np.int64),
+                               holds[:, 2].copy(), holds[:, 3].copy(),
+                               holds[:, 4].astype(np.int64), holds[:, 5].astype(np.int64),
+                               key_names)
+        # the reference sizes the per-minute arrays to the horizon's minute at least
+        rows = max(int(horizon // 60.0) + 1, len(mc))
+        minute_cmds = np.zeros((rows, len(COMMANDS)), np.int64)
+        minute_cmds[:len(mc)] = mc
+        minute_dels = np.zeros(rows, np.int64)
+        minute_dels[:len(md)] = md
+        gpus = tuple((nd.name, g) for nd in cluster.nodes for g in range(nd.gpus))
+        return RunLog(records=table, holds=hold_table,
+                      commands={c: int(commands[i]) for i, c in enumerate(COMMANDS)},
+                      commandstats={c: int(cstats[i]) for i, c in enumerate(COMMANDS)},
+                      deliveries=int(deliveries), minute_commands=minute_cmds,
+                      minute_deliveries=minute_dels, gpus=gpus, horizon_s=float(horizon))
+
+
+class _TaskIds:
+    """Task ids read from the trace on demand (building 10^6 strings up front costs time)."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+
+    def __len__(self) -> int:
+        return len(self.trace.tasks)
+
+    def __getitem__(self, i: int) -> str:
+        return self.trace.tasks[i].task_id
