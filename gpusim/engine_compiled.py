@@ -77,6 +77,12 @@ def _uniform(state, k):
     return np.float64(_mix(state + np.uint64(k + 1) * _GAMMA) >> _S11) * _U53
 
 
+@njit(cache=True, inline="always")
+def _minute_of(t):
+    """The per-minute bin of server time t, as the reference computes it: int(t // 60.0)."""
+    return int(t // 60.0)
+
+
 # -- the event heap: rows (time, priority, sequence, kind, task, int arg, float arg) ------------
 @njit(cache=True, inline="always")
 def _before(t1, p1, s1, t2, p2, s2):
@@ -304,7 +310,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 for cmd in (C_GET, C_TTL):
                     commands[cmd] += 1
                     cstats[cmd] += 1
-                    row = int(t // 60.0)
+                    row = _minute_of(t)
                     MC = _grow_rows(MC, row)
                     MC[row, cmd] += 1
                     max_minute = max(max_minute, row)
@@ -327,7 +333,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                             continue
                         commands[cmd] += 1
                         cstats[cmd] += 1
-                        row = int(t // 60.0)
+                        row = _minute_of(t)
                         MC = _grow_rows(MC, row)
                         MC[row, cmd] += 1
                         max_minute = max(max_minute, row)
@@ -340,7 +346,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 elif age >= m_soft:
                     commands[C_EXISTS] += 1
                     cstats[C_EXISTS] += 1
-                    row = int(t // 60.0)
+                    row = _minute_of(t)
                     MC = _grow_rows(MC, row)
                     MC[row, C_EXISTS] += 1
                     max_minute = max(max_minute, row)
@@ -359,7 +365,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
             cmd = C_SUBSCRIBE if kind == E_SUB else C_UNSUBSCRIBE
             commands[cmd] += 1
             cstats[cmd] += 1
-            row = int(now // 60.0)
+            row = _minute_of(now)
             MC = _grow_rows(MC, row)
             MC[row, cmd] += 1
             max_minute = max(max_minute, row)
@@ -504,7 +510,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     gets[i] += 1
                     commands[C_GET] += 1
                     cstats[C_GET] += 1
-                    row = int(g // 60.0)
+                    row = _minute_of(g)
                     MC = _grow_rows(MC, row)
                     MC[row, C_GET] += 1
                     max_minute = max(max_minute, row)
@@ -522,7 +528,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 gets[i] += 1
                 commands[C_GET] += 1
                 cstats[C_GET] += 1
-                row = int(g // 60.0)
+                row = _minute_of(g)
                 MC = _grow_rows(MC, row)
                 MC[row, C_GET] += 1
                 max_minute = max(max_minute, row)
@@ -552,7 +558,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 sets[i] += 1
                 commands[C_SET] += 1
                 cstats[C_SET] += 1
-                row = int(s_t // 60.0)
+                row = _minute_of(s_t)
                 MC = _grow_rows(MC, row)
                 MC[row, C_SET] += 1
                 max_minute = max(max_minute, row)
@@ -725,7 +731,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 commands[C_EVAL] += 1
                 cstats[C_EVAL] += 1
                 cstats[C_GET] += 1
-                row = int(e // 60.0)
+                row = _minute_of(e)
                 MC = _grow_rows(MC, row)
                 MC[row, C_EVAL] += 1
                 max_minute = max(max_minute, row)
@@ -773,7 +779,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     sid = pnext[sid]
                 commands[C_PUBLISH] += 1
                 cstats[C_PUBLISH] += 1
-                row = int(pub // 60.0)
+                row = _minute_of(pub)
                 MC = _grow_rows(MC, row)
                 MC[row, C_PUBLISH] += 1
                 max_minute = max(max_minute, row)
@@ -805,7 +811,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 g = g_[i]
                 commands[C_GET] += 1
                 cstats[C_GET] += 1
-                row = int(g // 60.0)
+                row = _minute_of(g)
                 MC = _grow_rows(MC, row)
                 MC[row, C_GET] += 1
                 max_minute = max(max_minute, row)
@@ -833,7 +839,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 d = g_[i]
                 commands[C_DEL] += 1
                 cstats[C_DEL] += 1
-                row = int(d // 60.0)
+                row = _minute_of(d)
                 MC = _grow_rows(MC, row)
                 MC[row, C_DEL] += 1
                 max_minute = max(max_minute, row)

@@ -103,3 +103,14 @@ def test_parallel_replications_identical_to_serial(sample_1gpu_trace):
     assert serial.dumps() == parallel.dumps()
     assert [tuple(r.records) for r in serial.replications] == \
         [tuple(r.records) for r in parallel.replications]
+
+
+def test_minute_bins_use_python_floor_division():
+    """Per-minute counts must bin exactly as the reference's int(t // 60.0), also for times
+    a hair below a minute boundary, where floor(t / 60) and t // 60 can differ."""
+    from gpusim.engine_compiled import _minute_of
+    rng = np.random.default_rng(0)
+    edges = np.arange(1, 200_000) * 60.0
+    times = np.concatenate([rng.uniform(0, 1e7, 20_000), edges, np.nextafter(edges, 0),
+                            np.nextafter(edges, np.inf), [0.0, 5e-324, 59.99999999999999]])
+    assert [_minute_of(float(t)) for t in times] == [int(float(t) // 60.0) for t in times]
