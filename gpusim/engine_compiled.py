@@ -28,7 +28,7 @@ from numba import njit
 
 from gpusim.cluster import COMMANDS, Cluster
 from gpusim.config import LockSettings
-from gpusim.model import PRIO_TASK0, LockParams, MonitorParams
+from gpusim.model import PRIO_TASK0, LockParams, MonitorParams, check_one_per_node
 from gpusim.records import RunLog, HoldTable, TaskTable
 from gpusim.rng import GAMMA, JITTER_LO, JITTER_SPAN, TASK_SALT, stream_key
 from gpusim.trace import Trace
@@ -83,6 +83,78 @@ def _minute_of(t):
     return int(t // 60.0)
 
 
+@njit(cache=True, inline="always")
+def _count(MC, commands, cstats, cmd, t, max_minute):
+    """One client command at server time t: totals, INFO commandstats, its minute's count."""
+    commands[cmd] += 1
+    cstats[cmd] += 1
+    row = _minute_of(t)
+    MC = _grow_rows(MC, row)
+    MC[row, cmd] += 1
+    return MC, max(max_minute, row)
+
+
+@njit(cache=True, inline="always")
+def _end_hold(HL, hn, kval, kholder, kset, K, end, reason, by):
+    """Key K's incarnation ends at `end` (a hold row is logged) and the key is free."""
+    HL = _grow_holds(HL, hn)
+    HL[hn, 0] = K
+    HL[hn, 1] = kholder[K]
+    HL[hn, 2] = kset[K]
+    HL[hn, 3] = end
+    HL[hn, 4] = reason
+    HL[hn, 5] = by
+    kval[K] = -1
+    kholder[K] = -1
+    return HL, hn + 1
+
+
+@njit(cache=True, inline="always")
+def _expire_due(HL, hn, kval, kholder, kset, kexp, K, t):
+    """Redis' lazy expiry: a command at t >= expires_at finds the key gone (ended at expiry)."""
+    if kval[K] >= 0 and t >= kexp[K]:
+        return _end_hold(HL, hn, kval, kholder, kset, K, kexp[K], H_EXPIRED, -1)
+    return HL, hn
+
+
+# -- intrusive doubly linked lists over preallocated arrays (head/tail per list) ---------------
+@njit(cache=True, inline="always")
+def _push_front(head, nxt, prv, x, L):
+    prv[x] = -1
+    nxt[x] = head[L]
+    if head[L] >= 0:
+        prv[head[L]] = x
+    head[L] = x
+
+
+@njit(cache=True, inline="always")
+def _append(head, tail, nxt, prv, x, L):
+    nxt[x] = -1
+    prv[x] = tail[L]
+    if tail[L] >= 0:
+        nxt[tail[L]] = x
+    else:
+        head[L] = x
+    tail[L] = x
+
+
+@njit(cache=True, inline="always")
+def _unlink(head, nxt, prv, x, L):
+    if prv[x] >= 0:
+        nxt[prv[x]] = nxt[x]
+    else:
+        head[L] = nxt[x]
+    if nxt[x] >= 0:
+        prv[nxt[x]] = prv[x]
+
+
+@njit(cache=True, inline="always")
+def _unlink_fifo(head, tail, nxt, prv, x, L):
+    if nxt[x] < 0:
+        tail[L] = prv[x]
+    _unlink(head, nxt, prv, x, L)
+
+
 # -- the event heap: rows (time, priority, sequence, kind, task, int arg, float arg) ------------
 @njit(cache=True, inline="always")
 def _before(t1, p1, s1, t2, p2, s2):
@@ -94,8 +166,10 @@ def _before(t1, p1, s1, t2, p2, s2):
 
 
 @njit(cache=True)
-def _push(H, n, t, prio, seq, kind, task, arg, val):
-    """Sift a new row up from the end (moving parents down into the hole, not swapping)."""
+def _push(H, n, seq, t, prio, kind, task, arg, val):
+    """Schedule an event (sequence number `seq`); returns (heap, size, next sequence number).
+
+    Sifts the new row up from the end, moving parents down into the hole (not swapping)."""
     if n == H.shape[0]:
         G = np.empty((2 * n, 7))
         G[:n] = H
@@ -116,7 +190,7 @@ def _push(H, n, t, prio, seq, kind, task, arg, val):
     H[j, 4] = task
     H[j, 5] = arg
     H[j, 6] = val
-    return H, n + 1
+    return H, n + 1, seq + 1
 
 
 @njit(cache=True)
@@ -155,18 +229,6 @@ def _grow_rows(M, row):
     while size <= row:
         size *= 2
     G = np.zeros((size, M.shape[1]), dtype=M.dtype)
-    G[:M.shape[0]] = M
-    return G
-
-
-@njit(cache=True)
-def _grow_vec(M, row):
-    if row < M.shape[0]:
-        return M
-    size = M.shape[0]
-    while size <= row:
-        size *= 2
-    G = np.zeros(size, dtype=M.dtype)
     G[:M.shape[0]] = M
     return G
 
@@ -267,7 +329,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
     commands = np.zeros(9, np.int64)
     cstats = np.zeros(9, np.int64)
     MC = np.zeros((64, 9), np.int64)
-    MD = np.zeros(64, np.int64)
+    MD = np.zeros((64, 1), np.int64)  # PUBLISH fan-out per minute
     max_minute = -1
     deliveries = 0
     HL = np.empty((max(16, n), 6))
@@ -281,12 +343,10 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
     mprio = float(PRIO_TASK0 + n)
     mon_next = _INF
     if n > 0:
-        H, hsize = _push(H, hsize, arr[0], PRIO_TASK0, seq, E_ARRIVAL, 0, 0, 0.0)
-        seq += 1
+        H, hsize, seq = _push(H, hsize, seq, arr[0], PRIO_TASK0, E_ARRIVAL, 0, 0, 0.0)
     if monitor and n > 0:
         mon_next = 0.0 + m_interval
-        H, hsize = _push(H, hsize, mon_next, mprio, seq, E_MONITOR, -1, 0, 0.0)
-        seq += 1
+        H, hsize, seq = _push(H, hsize, seq, mon_next, mprio, E_MONITOR, -1, 0, 0.0)
 
     n_events = 0
     while hsize > 0:
@@ -296,64 +356,34 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
         kind = int(ev[3])
         i = int(ev[4])
         if kind == E_ARRIVAL:
-            H, hsize = _push(H, hsize, now, 0.0, seq, E_RESUME, i, 0, np.nan)
-            seq += 1
+            H, hsize, seq = _push(H, hsize, seq, now, 0.0, E_RESUME, i, 0, np.nan)
             if i + 1 < n:
-                H, hsize = _push(H, hsize, arr[i + 1], PRIO_TASK0 + i + 1, seq, E_ARRIVAL,
+                H, hsize, seq = _push(H, hsize, seq, arr[i + 1], PRIO_TASK0 + i + 1, E_ARRIVAL,
                                  i + 1, 0, 0.0)
-                seq += 1
             continue
         if kind == E_MONITOR:
             t = now
             for q in range(key_order.shape[0]):
                 K = key_order[q]
                 for cmd in (C_GET, C_TTL):
-                    commands[cmd] += 1
-                    cstats[cmd] += 1
-                    row = _minute_of(t)
-                    MC = _grow_rows(MC, row)
-                    MC[row, cmd] += 1
-                    max_minute = max(max_minute, row)
-                if kval[K] >= 0 and t >= kexp[K]:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                    MC, max_minute = _count(MC, commands, cstats, cmd, t, max_minute)
+                HL, hn = _expire_due(HL, hn, kval, kholder, kset, kexp, K, t)
                 if kval[K] < 0:
                     continue
                 age = t - kset[K]
                 j = kholder[K]
                 dead = crashed[j] and not np.isnan(gpu_end[j]) and t >= gpu_end[j] + m_hb
                 if age >= m_hard or (age >= m_soft and dead):
-                    extra = (C_EXISTS, C_GET, C_DEL) if age < m_hard else (C_GET, C_DEL, -1)
-                    for cmd in extra:
-                        if cmd < 0:
-                            continue
-                        commands[cmd] += 1
-                        cstats[cmd] += 1
-                        row = _minute_of(t)
-                        MC = _grow_rows(MC, row)
-                        MC[row, cmd] += 1
-                        max_minute = max(max_minute, row)
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = t, H_MONITOR, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                    if age < m_hard:
+                        MC, max_minute = _count(MC, commands, cstats, C_EXISTS, t, max_minute)
+                    MC, max_minute = _count(MC, commands, cstats, C_GET, t, max_minute)
+                    MC, max_minute = _count(MC, commands, cstats, C_DEL, t, max_minute)
+                    HL, hn = _end_hold(HL, hn, kval, kholder, kset, K, t, H_MONITOR, -1)
                 elif age >= m_soft:
-                    commands[C_EXISTS] += 1
-                    cstats[C_EXISTS] += 1
-                    row = _minute_of(t)
-                    MC = _grow_rows(MC, row)
-                    MC[row, C_EXISTS] += 1
-                    max_minute = max(max_minute, row)
+                    MC, max_minute = _count(MC, commands, cstats, C_EXISTS, t, max_minute)
             if remaining > 0:
                 mon_next = t + m_interval
-                H, hsize = _push(H, hsize, mon_next, mprio, seq, E_MONITOR, -1, 0, 0.0)
-                seq += 1
+                H, hsize, seq = _push(H, hsize, seq, mon_next, mprio, E_MONITOR, -1, 0, 0.0)
             else:
                 mon_next = _INF
             continue
@@ -363,40 +393,17 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
             K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
             sid = i * maxk + m
             cmd = C_SUBSCRIBE if kind == E_SUB else C_UNSUBSCRIBE
-            commands[cmd] += 1
-            cstats[cmd] += 1
-            row = _minute_of(now)
-            MC = _grow_rows(MC, row)
-            MC[row, cmd] += 1
-            max_minute = max(max_minute, row)
+            MC, max_minute = _count(MC, commands, cstats, cmd, now, max_minute)
             if kind == E_SUB:
                 if pin[sid]:
                     pin[sid] = False
-                    if pprev[sid] >= 0:
-                        pnext[pprev[sid]] = pnext[sid]
-                    else:
-                        phead[K] = pnext[sid]
-                    if pnext[sid] >= 0:
-                        pprev[pnext[sid]] = pprev[sid]
+                    _unlink(phead, pnext, pprev, sid, K)
                 if not cin[sid]:
                     cin[sid] = True
-                    cnext[sid] = -1
-                    cprev[sid] = ctail[K]
-                    if ctail[K] >= 0:
-                        cnext[ctail[K]] = sid
-                    else:
-                        chead[K] = sid
-                    ctail[K] = sid
+                    _append(chead, ctail, cnext, cprev, sid, K)
             elif cin[sid]:
                 cin[sid] = False
-                if cprev[sid] >= 0:
-                    cnext[cprev[sid]] = cnext[sid]
-                else:
-                    chead[K] = cnext[sid]
-                if cnext[sid] >= 0:
-                    cprev[cnext[sid]] = cprev[sid]
-                else:
-                    ctail[K] = cprev[sid]
+                _unlink_fifo(chead, ctail, cnext, cprev, sid, K)
             continue
         if kind == E_WAKE or kind == E_MSG:
             if kind == E_MSG:
@@ -408,8 +415,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 value = np.nan
             if waiting[i] == 2 and gen == wait_gen[i] and not triggered[i]:
                 triggered[i] = True
-                H, hsize = _push(H, hsize, now, prio, seq, E_RESUME, i, 0, value)
-                seq += 1
+                H, hsize, seq = _push(H, hsize, seq, now, prio, E_RESUME, i, 0, value)
             continue
 
         # ---- E_RESUME: run task i's generator until it yields --------------------------------
@@ -427,13 +433,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                         if free[s, nd] > 0 and (best < 0 or free[s, nd] > free[s, best]):
                             best = nd
                 if best < 0:
-                    qnext[i] = -1
-                    qprev[i] = qtail[s]
-                    if qtail[s] >= 0:
-                        qnext[qtail[s]] = i
-                    else:
-                        qhead[s] = i
-                    qtail[s] = i
+                    _append(qhead, qtail, qnext, qprev, i, s)
                     waiting[i] = 1
                     pc[i] = P_SLOT
                     break
@@ -468,11 +468,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                         sid = i * maxk + m
                         if not pin[sid]:
                             pin[sid] = True
-                            pprev[sid] = -1
-                            pnext[sid] = phead[K]
-                            if phead[K] >= 0:
-                                pprev[phead[K]] = sid
-                            phead[K] = sid
+                            _push_front(phead, pnext, pprev, sid, K)
                     ctx_[i] = X_EV_FIRST
                     step = Q_TRY_START
                 else:
@@ -508,17 +504,11 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                         j = tnext[j]
                 if skip:  # the reference's GET at g would find the key held: done here
                     gets[i] += 1
-                    commands[C_GET] += 1
-                    cstats[C_GET] += 1
-                    row = _minute_of(g)
-                    MC = _grow_rows(MC, row)
-                    MC[row, C_GET] += 1
-                    max_minute = max(max_minute, row)
+                    MC, max_minute = _count(MC, commands, cstats, C_GET, g, max_minute)
                     c_[i] = g + h
                     step = Q_TRY_NEXT
                 else:
-                    H, hsize = _push(H, hsize, g, prio, seq, E_RESUME, i, 0, np.nan)
-                    seq += 1
+                    H, hsize, seq = _push(H, hsize, seq, g, prio, E_RESUME, i, 0, np.nan)
                     pc[i] = P_GET
                     break
             elif step == P_GET:
@@ -526,19 +516,8 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
                 g = g_[i]
                 gets[i] += 1
-                commands[C_GET] += 1
-                cstats[C_GET] += 1
-                row = _minute_of(g)
-                MC = _grow_rows(MC, row)
-                MC[row, C_GET] += 1
-                max_minute = max(max_minute, row)
-                if kval[K] >= 0 and g >= kexp[K]:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                MC, max_minute = _count(MC, commands, cstats, C_GET, g, max_minute)
+                HL, hn = _expire_due(HL, hn, kval, kholder, kset, kexp, K, g)
                 c = g + h
                 c_[i] = c
                 if kval[K] >= 0:
@@ -546,8 +525,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 else:
                     s_t = c + h
                     g_[i] = s_t
-                    H, hsize = _push(H, hsize, s_t, prio, seq, E_RESUME, i, 0, np.nan)
-                    seq += 1
+                    H, hsize, seq = _push(H, hsize, seq, s_t, prio, E_RESUME, i, 0, np.nan)
                     pc[i] = P_SET
                     break
             elif step == P_SET:
@@ -556,19 +534,8 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 K = keymap[nd, m] if ksel_[i] < 0 else ksel_[i]
                 s_t = g_[i]
                 sets[i] += 1
-                commands[C_SET] += 1
-                cstats[C_SET] += 1
-                row = _minute_of(s_t)
-                MC = _grow_rows(MC, row)
-                MC[row, C_SET] += 1
-                max_minute = max(max_minute, row)
-                if kval[K] >= 0 and s_t >= kexp[K]:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                MC, max_minute = _count(MC, commands, cstats, C_SET, s_t, max_minute)
+                HL, hn = _expire_due(HL, hn, kval, kholder, kset, kexp, K, s_t)
                 c = s_t + h
                 c_[i] = c
                 if kval[K] >= 0:
@@ -581,11 +548,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     if not crashed[i]:  # it will send EVAL at (end of GPU work) + h
                         touch_t[i] = (c + dur[i]) + h
                         tin[i] = True
-                        tprev[i] = -1
-                        tnext[i] = thead[K]
-                        if thead[K] >= 0:
-                            tprev[thead[K]] = i
-                        thead[K] = i
+                        _push_front(thead, tnext, tprev, i, K)
                     wonm_[i] = m
                     step = Q_TRY_WON
             elif step == Q_TRY_NEXT:
@@ -608,12 +571,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                         if pin[sid]:
                             K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
                             pin[sid] = False
-                            if pprev[sid] >= 0:
-                                pnext[pprev[sid]] = pnext[sid]
-                            else:
-                                phead[K] = pnext[sid]
-                            if pnext[sid] >= 0:
-                                pprev[pnext[sid]] = pprev[sid]
+                            _unlink(phead, pnext, pprev, sid, K)
                     mech[i] = 0
                     step = Q_AFTER
                 else:
@@ -635,8 +593,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 elif x == X_EV_FIRST:
                     sub_at = (c_[i] + sub_delay) + h
                     for m in range(nk_[i]):
-                        H, hsize = _push(H, hsize, sub_at, prio, seq, E_SUB, i, m, 0.0)
-                        seq += 1
+                        H, hsize, seq = _push(H, hsize, seq, sub_at, prio, E_SUB, i, m, 0.0)
                     step = Q_EV_LOOP
                 else:
                     flag[i] = False
@@ -651,9 +608,8 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                         wait_gen[i] += 1
                         waiting[i] = 2
                         triggered[i] = False
-                        H, hsize = _push(H, hsize, c + w, prio, seq, E_WAKE, i, wait_gen[i],
+                        H, hsize, seq = _push(H, hsize, seq, c + w, prio, E_WAKE, i, wait_gen[i],
                                          0.0)
-                        seq += 1
                         pc[i] = P_EV_WOKE
                         break
                     value = c
@@ -680,16 +636,14 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 step = Q_POLL_TOP
             elif step == Q_EV_END:
                 for m in range(nk_[i]):
-                    H, hsize = _push(H, hsize, c_[i] + h, prio, seq, E_UNSUB, i, m, 0.0)
-                    seq += 1
+                    H, hsize, seq = _push(H, hsize, seq, c_[i] + h, prio, E_UNSUB, i, m, 0.0)
                 step = Q_AFTER
             elif step == Q_AFTER:
                 c = c_[i]
                 wait_s[i] = c - start_[i]
                 if not won_[i]:
                     outcome[i] = 2
-                    H, hsize = _push(H, hsize, c, prio, seq, E_RESUME, i, 0, np.nan)
-                    seq += 1
+                    H, hsize, seq = _push(H, hsize, seq, c, prio, E_RESUME, i, 0, np.nan)
                     pc[i] = P_FINISH
                     break
                 acquired_s[i] = c
@@ -701,8 +655,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     acq_key[i] = ksel_[i]
                     gpu[i] = kgpu_[i]
                 gpu_end[i] = c + dur[i]
-                H, hsize = _push(H, hsize, gpu_end[i], prio, seq, E_RESUME, i, 0, np.nan)
-                seq += 1
+                H, hsize, seq = _push(H, hsize, seq, gpu_end[i], prio, E_RESUME, i, 0, np.nan)
                 pc[i] = P_GPU_DONE
                 break
             elif step == P_GPU_DONE:
@@ -714,37 +667,20 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 outcome[i] = 0
                 e = gpu_end[i] + h
                 g_[i] = e
-                H, hsize = _push(H, hsize, e, prio, seq, E_RESUME, i, 0, np.nan)
-                seq += 1
+                H, hsize, seq = _push(H, hsize, seq, e, prio, E_RESUME, i, 0, np.nan)
                 pc[i] = P_EVAL
                 break
             elif step == P_EVAL:
                 K = acq_key[i]
                 e = g_[i]
-                if kval[K] >= 0 and e >= kexp[K]:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
-                commands[C_EVAL] += 1
-                cstats[C_EVAL] += 1
-                cstats[C_GET] += 1
-                row = _minute_of(e)
-                MC = _grow_rows(MC, row)
-                MC[row, C_EVAL] += 1
-                max_minute = max(max_minute, row)
+                HL, hn = _expire_due(HL, hn, kval, kholder, kset, kexp, K, e)
+                MC, max_minute = _count(MC, commands, cstats, C_EVAL, e, max_minute)
+                cstats[C_GET] += 1  # the script's own GET (and DEL below) count in commandstats
                 c = e + h
                 if kval[K] >= 0 and kval[K] == owner_of[i]:
                     cstats[C_DEL] += 1
                     holder = kholder[K]
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, holder, kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = e, H_RELEASED, i
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                    HL, hn = _end_hold(HL, hn, kval, kholder, kset, K, e, H_RELEASED, i)
                     release[i] = 0
                     deleted_other[i] = holder != i
                     done_touching = True
@@ -760,15 +696,9 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 if done_touching and tin[i]:
                     tin[i] = False
                     touch_t[i] = _INF
-                    if tprev[i] >= 0:
-                        tnext[tprev[i]] = tnext[i]
-                    else:
-                        thead[K] = tnext[i]
-                    if tnext[i] >= 0:
-                        tprev[tnext[i]] = tprev[i]
+                    _unlink(thead, tnext, tprev, i, K)
                 g_[i] = nxt_t
-                H, hsize = _push(H, hsize, nxt_t, prio, seq, E_RESUME, i, 0, np.nan)
-                seq += 1
+                H, hsize, seq = _push(H, hsize, seq, nxt_t, prio, E_RESUME, i, 0, np.nan)
                 break
             elif step == P_PUB:
                 K = acq_key[i]
@@ -777,12 +707,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 while sid >= 0:
                     missed[sid // maxk] += 1
                     sid = pnext[sid]
-                commands[C_PUBLISH] += 1
-                cstats[C_PUBLISH] += 1
-                row = _minute_of(pub)
-                MC = _grow_rows(MC, row)
-                MC[row, C_PUBLISH] += 1
-                max_minute = max(max_minute, row)
+                MC, max_minute = _count(MC, commands, cstats, C_PUBLISH, pub, max_minute)
                 sid = chead[K]
                 nsub = 0
                 while sid >= 0:
@@ -794,81 +719,46 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                             dmade[j] = True
                         t = t + wake_jitter * _uniform(dstate[j], ndeliv[j])
                         ndeliv[j] += 1
-                    H, hsize = _push(H, hsize, t, float(PRIO_TASK0 + j), seq, E_MSG, j, 0, t)
-                    seq += 1
+                    H, hsize, seq = _push(H, hsize, seq, t, float(PRIO_TASK0 + j), E_MSG, j, 0,
+                                          t)
                     nsub += 1
                     sid = cnext[sid]
                 deliveries += nsub
                 if nsub > 0:
-                    MD = _grow_vec(MD, row)
-                    MD[row] += nsub
-                H, hsize = _push(H, hsize, pub + h, prio, seq, E_RESUME, i, 0, np.nan)
-                seq += 1
+                    row = _minute_of(pub)
+                    MD = _grow_rows(MD, row)
+                    MD[row, 0] += nsub
+                H, hsize, seq = _push(H, hsize, seq, pub + h, prio, E_RESUME, i, 0, np.nan)
                 pc[i] = P_FINISH
                 break
             elif step == P_REL_GET:
                 K = acq_key[i]
                 g = g_[i]
-                commands[C_GET] += 1
-                cstats[C_GET] += 1
-                row = _minute_of(g)
-                MC = _grow_rows(MC, row)
-                MC[row, C_GET] += 1
-                max_minute = max(max_minute, row)
-                if kval[K] >= 0 and g >= kexp[K]:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                MC, max_minute = _count(MC, commands, cstats, C_GET, g, max_minute)
+                HL, hn = _expire_due(HL, hn, kval, kholder, kset, kexp, K, g)
                 c = g + h
                 if not emergency:
-                    H, hsize = _push(H, hsize, c, prio, seq, E_RESUME, i, 0, np.nan)
-                    seq += 1
+                    H, hsize, seq = _push(H, hsize, seq, c, prio, E_RESUME, i, 0, np.nan)
                     pc[i] = P_FINISH
                     break
                 d = c + h
                 g_[i] = d
-                H, hsize = _push(H, hsize, d, prio, seq, E_RESUME, i, 0, np.nan)
-                seq += 1
+                H, hsize, seq = _push(H, hsize, seq, d, prio, E_RESUME, i, 0, np.nan)
                 pc[i] = P_REL_DEL
                 break
             elif step == P_REL_DEL:
                 K = acq_key[i]
                 d = g_[i]
-                commands[C_DEL] += 1
-                cstats[C_DEL] += 1
-                row = _minute_of(d)
-                MC = _grow_rows(MC, row)
-                MC[row, C_DEL] += 1
-                max_minute = max(max_minute, row)
-                if kval[K] >= 0 and d >= kexp[K]:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = kexp[K], H_EXPIRED, -1
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                MC, max_minute = _count(MC, commands, cstats, C_DEL, d, max_minute)
+                HL, hn = _expire_due(HL, hn, kval, kholder, kset, kexp, K, d)
                 if kval[K] >= 0:
-                    HL = _grow_holds(HL, hn)
-                    HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
-                    HL[hn, 3], HL[hn, 4], HL[hn, 5] = d, H_EMERGENCY, i
-                    hn += 1
-                    kval[K] = -1
-                    kholder[K] = -1
+                    HL, hn = _end_hold(HL, hn, kval, kholder, kset, K, d, H_EMERGENCY, i)
                     deleted_other[i] = True
                 if tin[i]:
                     tin[i] = False
                     touch_t[i] = _INF
-                    if tprev[i] >= 0:
-                        tnext[tprev[i]] = tnext[i]
-                    else:
-                        thead[K] = tnext[i]
-                    if tnext[i] >= 0:
-                        tprev[tnext[i]] = tprev[i]
-                H, hsize = _push(H, hsize, d + h, prio, seq, E_RESUME, i, 0, np.nan)
-                seq += 1
+                    _unlink(thead, tnext, tprev, i, K)
+                H, hsize, seq = _push(H, hsize, seq, d + h, prio, E_RESUME, i, 0, np.nan)
                 pc[i] = P_FINISH
                 break
             elif step == P_FINISH:
@@ -880,17 +770,9 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 while j >= 0 and not (allowed[j] < 0 or allowed[j] == nd):
                     j = qnext[j]
                 if j >= 0:  # the first queued task allowed on this node takes the slot
-                    if qprev[j] >= 0:
-                        qnext[qprev[j]] = qnext[j]
-                    else:
-                        qhead[s] = qnext[j]
-                    if qnext[j] >= 0:
-                        qprev[qnext[j]] = qprev[j]
-                    else:
-                        qtail[s] = qprev[j]
-                    H, hsize = _push(H, hsize, now, float(PRIO_TASK0 + j), seq, E_RESUME, j,
+                    _unlink_fifo(qhead, qtail, qnext, qprev, j, s)
+                    H, hsize, seq = _push(H, hsize, seq, now, float(PRIO_TASK0 + j), E_RESUME, j,
                                      nd, np.nan)
-                    seq += 1
                 else:
                     free[s, nd] += 1
                 break
@@ -906,14 +788,10 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
         K = key_order[q]
         if kval[K] < 0:
             continue
-        HL = _grow_holds(HL, hn)
-        HL[hn, 0], HL[hn, 1], HL[hn, 2] = K, kholder[K], kset[K]
         if kexp[K] <= horizon:
-            HL[hn, 3], HL[hn, 4] = kexp[K], H_EXPIRED
+            HL, hn = _end_hold(HL, hn, kval, kholder, kset, K, kexp[K], H_EXPIRED, -1)
         else:
-            HL[hn, 3], HL[hn, 4] = horizon, H_OPEN
-        HL[hn, 5] = -1
-        hn += 1
+            HL, hn = _end_hold(HL, hn, kval, kholder, kset, K, horizon, H_OPEN, -1)
     # locks lost while the GPU work still ran (first incarnation each task set)
     first = np.full(n, -1, np.int64)
     for q in range(hn):
@@ -932,7 +810,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
     return (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts,
             gets, sets, wakeups, fell_back, missed, release, deleted_other, lost_s,
             lost_reason, commands, cstats, deliveries, MC[:max_minute + 1],
-            MD[:max_minute + 1], HL[:hn].copy(), horizon, n_events)
+            MD[:max_minute + 1, 0].copy(), HL[:hn].copy(), horizon, n_events)
 
 
 class CompiledModel:
@@ -942,9 +820,7 @@ class CompiledModel:
 
     def __init__(self, trace: Trace, cluster: Cluster, settings: list[LockSettings], *,
                  seed: int, replication: int = 0, time_scale: float = 1.0):
-        if len(settings) != len(cluster.nodes):
-            raise ValueError(f"one LockSettings per node: got {len(settings)} for "
-                             f"{len(cluster.nodes)} nodes")
+        check_one_per_node(cluster, settings)
         self.trace, self.cluster, self.settings = trace, cluster, settings
         self.seed, self.replication, self.time_scale = seed, replication, float(time_scale)
         self.events_processed = 0  # events the last run() took off its queue

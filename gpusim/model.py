@@ -71,6 +71,12 @@ class MonitorParams:
                    m.timeout_levels.hard_timeout / f, m.heartbeat.timeout / f)
 
 
+def check_one_per_node(cluster: Cluster, settings: list[LockSettings]) -> None:
+    if len(settings) != len(cluster.nodes):
+        raise ValueError(f"one LockSettings per node: got {len(settings)} for "
+                         f"{len(cluster.nodes)} nodes")
+
+
 class Env(simpy.Environment):
     """SimPy environment that schedules at absolute times (no now + (t - now) rounding)."""
 
@@ -133,9 +139,7 @@ class Model:
 
     def __init__(self, trace: Trace, cluster: Cluster, settings: list[LockSettings], *,
                  seed: int, replication: int = 0, time_scale: float = 1.0):
-        if len(settings) != len(cluster.nodes):
-            raise ValueError(f"one LockSettings per node: got {len(settings)} for "
-                             f"{len(cluster.nodes)} nodes")
+        check_one_per_node(cluster, settings)
         self.trace = trace
         self.cluster = cluster
         self.time_scale = float(time_scale)
