@@ -87,6 +87,13 @@ def validate(
     cluster: Annotated[Optional[Path], typer.Option(
         "--cluster", help="cluster file; default: one node, Redis calibrated on the spot")] = None,
     seed: Annotated[int, typer.Option("--seed", help="base seed (jitter streams)")] = 0,
+    calibrate: Annotated[Optional[bool], typer.Option(
+        "--calibrate/--no-calibrate",
+        help="calibrate Redis CPU on the spot; default: only without --cluster")] = None,
+    reference: Annotated[Optional[bool], typer.Option(
+        "--reference/--no-reference",
+        help="run a CPU control load on a second private redis-server during each run; "
+             "default: when calibrating a Redis on this host")] = None,
 ) -> None:
     """Replay a trace against a real Redis, simulate it, and judge the model (PASS/FAIL)."""
     from gpusim.cluster import load_cluster
@@ -113,7 +120,8 @@ def validate(
     try:
         cmp_, real, sim, cal = run_validation(
             tr, settings, redis_url=redis_url, time_scale=time_scale, runs=runs, seeds=seeds,
-            seed=seed, hold=hold, cluster=cl, partial_path=partial,
+            seed=seed, hold=hold, cluster=cl, partial_path=partial, calibrate=calibrate,
+            reference=reference,
             progress=lambda m: err.print(f"[dim]{escape(m)}[/]", highlight=False))
     except CudaUnavailable as e:
         _out().print(f"[yellow]{escape(str(e))}[/]")

@@ -30,7 +30,16 @@ Redis accounting: INFO commandstats and INFO cpu (used_cpu_user + used_cpu_sys) 
 and after each run. Redis CPU of a run = CPU delta minus the idle rate (measured over a short idle
 window with all connections open) times the run's length; that is the same quantity
 `gpusim calibrate-redis` calibrates per command, so it compares like with like with the model's
-``redis_cpu_s``.
+``redis_cpu_s``. The idle windows last 1% of the replay (0.5 to 2 s each, before and after):
+the idle rate (~2.6 ms/s with 2,000 connections open) times a 4-minute run is a third of the
+run's raw CPU, so a 0.5 s window's noise (2.8 vs 3.5 ms/s measured in two runs) mattered.
+
+Redis CPU on a mostly idle host is not a constant per command: each command is a server
+wake-up whose cost depends on what else the host runs (gpusim.calibrate, "Redis CPU model").
+When the Redis is on this host, a control load runs on a second private redis-server during
+each run (``RealRun.reference``) and the prediction for run r uses it; the redis-server's
+voluntary context switches per client command are reported as a check of "one wake-up per
+command" (``RealRun.server_wakeups``).
 
 Comparison (`compare`)
 ----------------------
@@ -163,6 +172,10 @@ class RealRun:
     elapsed_s: float
     lateness: dict[str, float]
     get_rtt_p50_s: float = 0.0            # median GET round trip the workers saw
+    # the control load on a reference Redis during this run (see gpusim.calibrate.ReferenceLoad)
+    reference: dict[str, float] | None = None
+    # voluntary context switches of a local redis-server during the run (its epoll wake-ups)
+    server_wakeups: int | None = None
     partial: bool = False
     error: str | None = None
 
@@ -273,14 +286,18 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
              hold: str = "sleep", cluster: Any = None, seed: int = 0,
              unique_owner_token: bool | None = None, emergency_delete: bool | None = None,
              partial_path: str | Path | None = None, key_prefix: str | None = None,
-             idle_window_s: float = 0.5, progress: Callable[[str], None] | None = None
-             ) -> RealResult:
+             idle_window_s: float | None = None, reference: Any = None,
+             progress: Callable[[str], None] | None = None) -> RealResult:
     """Replay ``trace`` ``runs`` times against a real Redis; see the module docstring.
 
     ``redis_url`` None starts a private redis-server for the duration. Run r feeds each task the
     jitter draws the model's replication r of ``seed`` uses (gpusim.rng), so real run r and
     simulated replication r see the same random numbers. Keys are namespaced under
     ``key_prefix`` (default ``gpusim:validate:<random>:``), so a shared Redis is not disturbed.
+
+    ``reference``: a `gpusim.calibrate.ReferenceLoad` on a second Redis of the same host, run
+    during every measured window (the CPU control; recorded in ``RealRun.reference``).
+    ``idle_window_s`` None: 1% of the replay's length, clipped to [0.5, 2] s.
     """
     from gpusim.cluster import default_cluster
 
@@ -322,6 +339,9 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
         plan.append((task, node.name, gpu, LockParams.from_config(cfg, time_scale),
                      task.arrival_s / time_scale, task.duration_s / time_scale))
     hold_fn = _cuda_hold_factory() if hold == "cuda" else None
+    if idle_window_s is None:
+        span = max(a + d for *_, a, d in plan)
+        idle_window_s = min(2.0, max(0.5, 0.01 * span))
 
     owned = None
     if redis_url is None:
@@ -349,7 +369,8 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
             if progress:
                 progress(f"real run {r + 1}/{runs}")
             run = _one_run(r, plan, redis_url, ctl, prefix=prefix, shared=shared, uot=uot,
-                           emd=emd, seed=seed, hold_fn=hold_fn, idle_window_s=idle_window_s)
+                           emd=emd, seed=seed, hold_fn=hold_fn, idle_window_s=idle_window_s,
+                           reference=reference, server_pid=_local_pid(ctl, redis_url, owned))
             done.append(run)
             if run.partial:
                 res = RealResult(done, inputs, partial=True, error=run.error)
@@ -366,6 +387,30 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
             owned.stop()
 
 
+def _local_pid(ctl: redis.Redis, url: str, owned: Any) -> int | None:
+    """The redis-server's pid when it runs on this host (its /proc is readable), else None."""
+    try:
+        host = ctl.connection_pool.connection_kwargs.get("host", "")
+        if owned is None and host not in ("127.0.0.1", "localhost", "::1"):
+            return None
+        pid = int(ctl.info("server")["process_id"])
+        return pid if Path(f"/proc/{pid}/status").exists() else None
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+
+
+def _voluntary_switches(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split(":")[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _save_partial(res: RealResult, path: str | Path | None) -> Path | None:
     if path is None:
         return None
@@ -377,7 +422,8 @@ def _save_partial(res: RealResult, path: str | Path | None) -> Path | None:
 
 
 def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, shared: bool,
-             uot: bool, emd: bool, seed: int, hold_fn, idle_window_s: float) -> RealRun:
+             uot: bool, emd: bool, seed: int, hold_fn, idle_window_s: float,
+             reference: Any = None, server_pid: int | None = None) -> RealRun:
     from gpusim.records import TaskRecord
     from gpusim.rng import stream_key, task_state, uniform
 
@@ -455,17 +501,23 @@ def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, sha
                 errors.append(f"{type(exc).__name__}: {exc}")
             abort.set()
 
+    ref_cpu = reference.cpu_s if reference is not None else (lambda: 0.0)
     before, cpu0 = _info_snapshot(ctl)
+    rc0 = ref_cpu()
     ti = clock()
     time.sleep(idle_window_s)
     mid, cpu1 = _info_snapshot(ctl)
+    rc1 = ref_cpu()
     mid_t = clock()
+    vcs0 = _voluntary_switches(server_pid)
     idle_rate = max(0.0, (cpu1 - cpu0) / (mid_t - ti))
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     threads: list[threading.Thread] = []
     try:
         t0 = clock() + CONNECT_LEAD_S
+        if reference is not None:
+            reference.start()
         order = sorted(range(len(plan)), key=lambda i: (plan[i][4], plan[i][0].index))
         for i in order:  # start each thread a little before its arrival (bounded thread count)
             if abort.is_set():
@@ -481,15 +533,29 @@ def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, sha
         t_end = clock()
     finally:
         sys.setswitchinterval(old_switch)
+        ref_cmds = reference.stop() if reference is not None else 0
     error = "; ".join(sorted(set(errors))) if errors else None
+    vcs1 = _voluntary_switches(server_pid)
+    ref: dict[str, float] | None = None
     try:
         after, cpu2 = _info_snapshot(ctl)
+        rc2 = ref_cpu()
         # a second idle window after the run (connections still open): the idle rate is the
         # mean of both windows, which halves the noise of a single short window
         tj = clock()
         time.sleep(idle_window_s)
         _, cpu3 = _info_snapshot(ctl)
-        idle_rate = max(0.0, ((cpu1 - cpu0) + (cpu3 - cpu2)) / ((mid_t - ti) + (clock() - tj)))
+        rc3 = ref_cpu()
+        idle_s = (mid_t - ti) + (clock() - tj)
+        idle_rate = max(0.0, ((cpu1 - cpu0) + (cpu3 - cpu2)) / idle_s)
+        if reference is not None:
+            ref_idle = max(0.0, ((rc1 - rc0) + (rc3 - rc2)) / idle_s)
+            ref_cpu_s = (rc2 - rc1) - ref_idle * (t_end - t0)
+            ref = {"commands": ref_cmds, "cpu_raw_s": rc2 - rc1, "idle_cpu_s_per_s": ref_idle,
+                   "cpu_s": ref_cpu_s, "gap_s": reference.gap_s,
+                   "chain_mean": reference.chain_mean,
+                   "us_per_command": ref_cpu_s * 1e6 / ref_cmds if ref_cmds else None,
+                   "error": reference.error}
     except (redis.RedisError, OSError) as exc:
         error = error or f"{type(exc).__name__}: {exc}"
         after, cpu2 = mid, cpu1
@@ -517,7 +583,9 @@ def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, sha
                    client_commands=dict(sorted(client_cmds.items())),
                    redis_cpu_s=max(0.0, raw_cpu - idle_rate * elapsed), redis_cpu_raw_s=raw_cpu,
                    idle_cpu_s_per_s=idle_rate, elapsed_s=elapsed, lateness=lateness,
-                   get_rtt_p50_s=_pct(rtts, 50),
+                   get_rtt_p50_s=_pct(rtts, 50), reference=ref,
+                   server_wakeups=(vcs1 - vcs0) if vcs0 is not None and vcs1 is not None
+                   else None,
                    partial=error is not None, error=error)
 
 
@@ -743,7 +811,7 @@ def _verdict(lo: float, hi: float, tol: float | None) -> tuple[str, bool | None]
 
 def compare(real: RealResult | Sequence[RealRun] | tuple[list[dict], list[np.ndarray]],
             sim: Any, *, tolerances: Mapping[str, float | None] | None = None,
-            paired: bool = False) -> Comparison:
+            paired: bool = False, sim_cpu: Sequence[float] | None = None) -> Comparison:
     """Side-by-side table of real runs vs simulated seeds; see the module docstring for the rule.
 
     ``tolerances`` overrides the defaults per metric; a tolerance of None reports the metric
@@ -754,6 +822,8 @@ def compare(real: RealResult | Sequence[RealRun] | tuple[list[dict], list[np.nda
 
     ``real`` may be a RealResult, a list of RealRun, or pre-extracted ``(metrics, waits)``;
     ``sim`` anything `sim_samples` accepts (or pre-extracted ``(metrics, waits)``).
+    ``sim_cpu``: the simulated Redis CPU per sample, replacing ``redis_cpu_s`` (validate uses it
+    to predict each CRN twin with its own run's CPU control).
     """
     from scipy import stats
 
@@ -772,6 +842,10 @@ def compare(real: RealResult | Sequence[RealRun] | tuple[list[dict], list[np.nda
         sm, sw = sim
     else:
         sm, sw = sim_samples(sim)
+    if sim_cpu is not None:
+        if len(sim_cpu) != len(sm):
+            raise InputError("sim_cpu needs one value per simulated sample", field="sim_cpu")
+        sm = [{**m, "redis_cpu_s": float(c)} for m, c in zip(sm, sim_cpu)]
     if not rm:
         raise InputError("no complete real run to compare", field="runs")
     if not sm:
@@ -894,72 +968,122 @@ def summarize_lateness(real: RealResult) -> dict[str, float]:
     return out
 
 
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+    try:
+        host = urlparse(url).hostname or ""
+    except ValueError:
+        return False
+    return host in ("127.0.0.1", "localhost", "::1") or url.startswith("unix:")
+
+
 def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: str | None = None,
              time_scale: float = 1.0, runs: int = 3, seeds: int = 10, seed: int = 0,
              hold: str = "sleep", cluster: Any = None, calibrate: bool | None = None,
              tolerances: Mapping[str, float | None] | None = None,
              partial_path: str | Path | None = None, paired: bool = True,
-             progress: Callable[[str], None] | None = None
+             reference: bool | None = None, progress: Callable[[str], None] | None = None
              ) -> tuple[Comparison, RealResult, Any, dict[str, Any] | None]:
     """Real replay + simulation + comparison. Returns (comparison, real, sim, calibration).
 
     With no cluster file (``calibrate`` None -> True), the Redis model is calibrated on the same
-    server first (`gpusim.calibrate.calibrate_redis`), so Redis CPU is compared on this
-    machine's own per-command costs; a given cluster file is used as it is.
+    server (`gpusim.calibrate.calibrate_redis`), so Redis CPU is compared on this machine's own
+    per-command costs; a given cluster file is used as it is.
+
+    ``reference`` (None: on when calibrating against a Redis on this host): a second, private
+    redis-server receives a known control load during every real run
+    (`gpusim.calibrate.ReferenceLoad`, GETs at the command rate the model predicts);
+    the CPU per command it measures is the host's cost of a lock command at that moment, and the
+    prediction for real run r uses the control of run r. See the calibrate module docstring.
     """
     from gpusim.engine import simulate
     from gpusim.redis_server import PrivateRedis
 
-    owned = None
+    if calibrate is None:
+        calibrate = cluster is None
+    owned = ref_srv = ref_load = None
     if redis_url is None:
         owned = PrivateRedis().start()
         redis_url = owned.url
+    if reference is None:
+        reference = bool(calibrate) and _is_loopback(redis_url)
     try:
+        n_cmds = n_wake = 0
+        gap = wake_gap = pre = None
+        if calibrate:
+            # The command rate the model predicts (one uncalibrated replication: the rate barely
+            # depends on CPU costs) sets the control load's rate / the wake-up probe's gap.
+            pre = simulate(trace, settings, validation_cluster(cluster, len(trace)), seed=seed,
+                           replications=1, time_scale=time_scale)
+            n_cmds, n_wake, wake_gap = wakeups(pre)
+            horizon = pre.replications[0].metrics.get("horizon_s") or 0.0
+            gap = horizon / n_cmds if n_cmds and horizon > 0 else None
+        if reference and gap:
+            from gpusim.calibrate import ReferenceLoad
+            ref_srv = PrivateRedis().start()
+            ref_load = ReferenceLoad(ref_srv.url, gap, connections=min(len(trace), 64),
+                                     seed=seed, chain_mean=max(1.0, n_cmds / max(1, n_wake)))
         real = run_real(trace, settings, redis_url=redis_url, time_scale=time_scale, runs=runs,
                         hold=hold, cluster=cluster, seed=seed, partial_path=partial_path,
-                        progress=progress)
+                        reference=ref_load, progress=progress)
         rtt = float(np.median([r.get_rtt_p50_s for r in real.runs if r.get_rtt_p50_s > 0]
                               or [0]))
         cal = None
-        n_cmds = n_wake = 0
-        if calibrate is None:
-            calibrate = cluster is None
         if calibrate:
             from gpusim.calibrate import CalibrationError, calibrate_redis
-            # The lock's commands reach an idle server sparsely; calibrate the wake-up cost at
-            # the mean gap the model predicts (one replication, uncalibrated: only the command
-            # rate is used, and that barely depends on the CPU costs).
-            pre = simulate(trace, settings, validation_cluster(cluster, len(trace)), seed=seed,
-                           replications=1, time_scale=time_scale)
-            n_cmds, n_wake, gap = wakeups(pre)
             if progress:
-                progress("calibrating Redis" + (f" (mean gap between wake-ups {gap * 1e3:.1f} ms)"
+                progress("calibrating Redis" + (f" (mean gap between commands {gap * 1e3:.1f} ms)"
                                                 if gap else ""))
             try:
-                cal = calibrate_redis(redis_url, seconds_per_command=0.15, idle_s=1.0,
-                                      wakeup_gap_s=gap, wakeup_seconds=1.5,
-                                      wakeup_connections=min(len(trace), 64),
-                                      chain_gap_s=rtt if rtt > 0 else None, seed=seed)
+                if ref_load is not None:
+                    cal = calibrate_redis(redis_url, seconds_per_command=0.15, idle_s=1.0,
+                                          seed=seed)
+                else:
+                    cal = calibrate_redis(redis_url, seconds_per_command=0.15, idle_s=1.0,
+                                          wakeup_gap_s=wake_gap, wakeup_seconds=1.5,
+                                          wakeup_connections=min(len(trace), 64),
+                                          chain_gap_s=rtt if rtt > 0 else None, seed=seed)
             except CalibrationError as exc:
                 raise RedisUnavailable(str(exc)) from None
     finally:
+        if ref_load is not None:
+            ref_load.close()
+        if ref_srv is not None:
+            ref_srv.stop()
         if owned is not None:
             owned.stop()
     # The model's round trip is the one the replay's workers measured (median GET round trip,
     # thread wake-up and GIL included): an input of the model measured on this machine, like
     # the CPU costs; no compared output is fitted.
     cpu_us = None
+    per_run_extra: list[float] | None = None
     if cal:
-        # dense per-command cost + the wake-up cost spread over the commands in the ratio the
-        # (pre-)simulation predicts: wake-ups / commands (see `wakeups`)
-        share = n_wake / n_cmds if n_cmds else 0.0
-        w = cal["details"].get("wakeup_us", 0.0)
-        ch = min(w, cal["details"].get("chain_us", 0.0))
-        extra = ch + (w - ch) * share
-        cpu_us = {k: (v if k == "PUBLISH_PER_SUBSCRIBER" else v + extra)
-                  for k, v in cal["details"]["dense_cpu_us"].items()}
+        dense = cal["details"]["dense_cpu_us"]
+        if ref_load is not None:
+            # every command is one server wake-up (see the calibrate docstring): a command costs
+            # its dense cost plus what a GET costs on this host at the run's command rate beyond
+            # the dense GET, as the control measured during each run
+            per_run_extra = [r.reference["us_per_command"] - dense["GET"]
+                             if r.reference and r.reference.get("us_per_command") is not None
+                             else math.nan for r in real.runs]
+            ok = [x for x in per_run_extra if math.isfinite(x)]
+            extra = float(np.mean(ok)) if ok else 0.0
+            per_run_extra = [x if math.isfinite(x) else extra for x in per_run_extra]
+            cal["reference_extra_us_by_run"] = per_run_extra
+            cal["method"] = "dense per-command cost + control (reference Redis) excess per command"
+        else:
+            # dense per-command cost + the wake-up cost spread over the commands in the ratio the
+            # (pre-)simulation predicts: wake-ups / commands (see `wakeups`)
+            share = n_wake / n_cmds if n_cmds else 0.0
+            w = cal["details"].get("wakeup_us", 0.0)
+            ch = min(w, cal["details"].get("chain_us", 0.0))
+            extra = ch + (w - ch) * share
+            cal["wakeups_per_command"] = share
+            cal["method"] = "dense per-command cost + sparse-GET wake-up probe after the runs"
+        cpu_us = {k: (v if k == "PUBLISH_PER_SUBSCRIBER" else max(0.0, v + extra))
+                  for k, v in dense.items()}
         cal["validation_cpu_us"] = cpu_us
-        cal["wakeups_per_command"] = share
+        cal["extra_us_per_command"] = extra
     sim_cluster = validation_cluster(
         cluster, len(trace), rtt_s=rtt if rtt > 0 else (cal["redis"]["rtt_s"] if cal else None),
         cpu_us=cpu_us)
@@ -967,10 +1091,36 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
         progress(f"simulating {seeds} seeds")
     sim = simulate(trace, settings, sim_cluster, seed=seed, replications=seeds,
                    time_scale=time_scale)
-    cmp_ = compare(real, sim, tolerances=tolerances, paired=paired and seeds >= runs >= 2)
+    sim_cpu = None
+    if per_run_extra is not None and cpu_us is not None:
+        # replication r (the CRN twin of real run r) is predicted with run r's control; the
+        # model's CPU is linear in the per-command costs, so only the extra term is swapped
+        sim_cpu = []
+        for i, rep in enumerate(sim.replications):
+            base = float(rep.metrics["redis_cpu_s"])
+            if i < len(per_run_extra):
+                n = sum(v for k, v in rep.metrics["redis_commands"].items()
+                        if k in cpu_us and k != "PUBLISH_PER_SUBSCRIBER")
+                base += (per_run_extra[i] - cal["extra_us_per_command"]) * 1e-6 * n
+            sim_cpu.append(max(0.0, base))
+        cal["sim_redis_cpu_s_by_replication"] = sim_cpu
+    cmp_ = compare(real, sim, tolerances=tolerances, paired=paired and seeds >= runs >= 2,
+                   sim_cpu=sim_cpu)
     cmp_.lateness = summarize_lateness(real)
     cfg = settings.gpu_lock if isinstance(settings, LockSettings) else settings
     smallest = min(cfg.poll_interval, cfg.fallback_timeout) / time_scale
     cmp_.notes.append(f"smallest scaled interval {smallest * 1e3:.2f} ms; worst p95 sleep "
                       f"overshoot {cmp_.lateness['sleep_overshoot_p95_s'] * 1e3:.2f} ms")
+    if per_run_extra is not None:
+        refs = [r.reference for r in real.runs if r.reference]
+        cmp_.notes.append(
+            "Redis CPU predicted from dense costs + a control load on a reference Redis during "
+            "each run: " + ", ".join(f"{x['us_per_command']:.1f}" for x in refs
+                                     if x.get("us_per_command") is not None)
+            + f" us per control GET (dense GET {cal['details']['dense_cpu_us']['GET']:.1f} us)")
+    wk = [(r.server_wakeups, sum(r.client_commands.values()))
+          for r in real.runs if r.server_wakeups is not None]
+    if wk:
+        cmp_.notes.append("redis-server wake-ups (voluntary context switches) per client "
+                          "command: " + ", ".join(f"{w / max(1, n):.2f}" for w, n in wk))
     return cmp_, real, sim, cal

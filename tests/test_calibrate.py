@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gpusim.calibrate import CalibrationError, calibrate_redis
+from gpusim.calibrate import CalibrationError, ReferenceLoad, calibrate_redis
 from gpusim.cluster import load_cluster
 from gpusim.redis_server import PrivateRedis
 
@@ -71,3 +71,36 @@ def test_unreachable_redis_is_a_clear_error():
     srv.stop()
     with pytest.raises(CalibrationError, match="cannot reach Redis"):
         calibrate_redis(url)
+
+
+def test_reference_load_sends_known_traffic_and_cleans_up(redis_server):
+    import time
+
+    before = redis_server.client().dbsize()
+    ref = ReferenceLoad(redis_server.url, 0.002, connections=4, seed=1)
+    try:
+        cpu0 = ref.cpu_s()
+        ref.start()
+        time.sleep(0.3)
+        n = ref.stop()
+        assert ref.error is None
+        assert 20 < n < 1000  # ~150 at a 2 ms mean gap
+        assert ref.cpu_s() > cpu0
+        ref.start()  # restartable: each measured window counts its own commands
+        time.sleep(0.05)
+        assert ref.stop() < n
+    finally:
+        ref.close()
+    assert redis_server.client().dbsize() == before
+    # chains of back-to-back GETs keep the mean command rate
+    ref = ReferenceLoad(redis_server.url, 0.002, connections=4, seed=1, chain_mean=3.0)
+    try:
+        ref.start()
+        time.sleep(0.3)
+        assert 20 < ref.stop() < 1000
+    finally:
+        ref.close()
+    with pytest.raises(ValueError):
+        ReferenceLoad(redis_server.url, 0.0)
+    with pytest.raises(ValueError):
+        ReferenceLoad(redis_server.url, 0.01, chain_mean=0.5)

@@ -278,6 +278,14 @@ def test_validation_passes_polling(redis_server):
     assert cmp_.lateness["sleep_overshoot_p95_s"] < 0.002
     assert cmp_.wait_tests["n_queued_real"] > 0 and 0 <= cmp_.wait_tests["ks_queued_pvalue"] <= 1
     assert sum(real.runs[0].commandstats.get(c, 0) for c in ("SUBSCRIBE", "UNSUBSCRIBE")) == 0
+    # Redis CPU was predicted with a control load measured during each run (same host)
+    assert all(r.reference and r.reference["commands"] > 0 for r in real.runs)
+    assert len(cal["reference_extra_us_by_run"]) == len(real.runs)
+    # the CPU model's premise: each client command is one redis-server wake-up (~1 context
+    # switch per command; serverCron's ticks add a few)
+    for r in real.runs:
+        if r.server_wakeups is not None:
+            assert 0.8 < r.server_wakeups / sum(r.client_commands.values()) < 1.6
 
 
 @pytest.mark.redis
