@@ -21,7 +21,9 @@ from gpusim.metrics import by_task_type, run_metrics
 from gpusim.model import Model
 from gpusim.trace import load_trace
 
-from strategies import scenarios
+from hypothesis import strategies as st
+
+from strategies import lock_configs, scenarios
 
 # At least 500 generated cases per CI run (issue: "Make the model fast").
 CASES = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
@@ -57,6 +59,19 @@ def test_compiled_engine_matches_reference_exactly(sc):
     ref, fast = run(Model, *sc), run(CompiledModel, *sc)
     assert_identical(ref, fast, cluster)
     # same incarnations in the same order: the compiled engine ends them at the same commands
+    assert list(ref.holds) == list(fast.holds)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenarios(max_tasks=40), st.data())
+def test_compiled_engine_matches_reference_with_per_node_configs(sc, data):
+    """Canaries: each node runs its own lock config (polling on one, event-driven on another,
+    other TTLs and waits); keys shared across nodes then mix configs on one key."""
+    trace, cluster, _, seed = sc
+    per_node = [LockSettings(gpu_lock=data.draw(lock_configs())) for _ in cluster.nodes]
+    ref = Model(trace, cluster, per_node, seed=seed).run()
+    fast = CompiledModel(trace, cluster, per_node, seed=seed).run()
+    assert_identical(ref, fast, cluster)
     assert list(ref.holds) == list(fast.holds)
 
 
