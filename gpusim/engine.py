@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-
-import numpy as np
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import numpy as np
 
 from gpusim import __version__
 from gpusim.cluster import Cluster, default_cluster
