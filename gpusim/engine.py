@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ from gpusim.config import GpuLockConfig, LockSettings
 from gpusim.errors import InputError
 from gpusim.metrics import by_task_type, combine, run_metrics
 from gpusim.model import Model
-from gpusim.records import RunLog, TaskRecord
+from gpusim.records import RunLog, TaskRecord, TaskTable
 from gpusim.trace import Trace
 
 RESULT_SCHEMA = "gpusim.result/1"
@@ -130,6 +131,8 @@ def run_replication(trace: Trace, cluster: Cluster, settings: LockSettings, *, s
     model = model_cls(trace, cluster, node_settings(cluster, settings), seed=seed,
                       replication=replication, time_scale=time_scale)
     log = model.run()
+    # the Python engines write record objects: turn them into columns once, for both calls
+    log = dataclasses.replace(log, records=TaskTable.from_records(log.records))
     return ReplicationResult(replication, log, run_metrics(log, cluster.redis),
                              by_task_type(log.records))
 

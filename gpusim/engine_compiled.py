@@ -117,6 +117,12 @@ def _expire_due(HL, hn, kval, kholder, kset, kexp, K, t):
     return HL, hn
 
 
+@njit(cache=True, inline="always")
+def _key_at(keymap, node, ksel, i, m):
+    """Task i's m-th key: its one chosen key, or (probe_all) GPU m's key on its node."""
+    return keymap[node[i], m] if ksel[i] < 0 else ksel[i]
+
+
 # -- intrusive doubly linked lists over preallocated arrays (head/tail per list) ---------------
 @njit(cache=True, inline="always")
 def _push_front(head, nxt, prv, x, L):
@@ -390,7 +396,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
         prio = float(PRIO_TASK0 + i)
         if kind == E_SUB or kind == E_UNSUB:
             m = int(ev[5])
-            K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+            K = _key_at(keymap, node, ksel_, i, m)
             sid = i * maxk + m
             cmd = C_SUBSCRIBE if kind == E_SUB else C_UNSUBSCRIBE
             MC, max_minute = _count(MC, commands, cstats, cmd, now, max_minute)
@@ -464,7 +470,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 c_[i] = now
                 if p_event[nd]:
                     for m in range(nk_[i]):
-                        K = keymap[nd, m] if ksel_[i] < 0 else ksel_[i]
+                        K = _key_at(keymap, node, ksel_, i, m)
                         sid = i * maxk + m
                         if not pin[sid]:
                             pin[sid] = True
@@ -490,7 +496,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 step = Q_TRY_KEY
             elif step == Q_TRY_KEY:
                 m = m_[i]
-                K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+                K = _key_at(keymap, node, ksel_, i, m)
                 g = g_[i]
                 skip = False
                 if (ctx_[i] == X_POLL or ctx_[i] == X_EV_POLL) and kval[K] >= 0 \
@@ -513,7 +519,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     break
             elif step == P_GET:
                 m = m_[i]
-                K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+                K = _key_at(keymap, node, ksel_, i, m)
                 g = g_[i]
                 gets[i] += 1
                 MC, max_minute = _count(MC, commands, cstats, C_GET, g, max_minute)
@@ -531,7 +537,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
             elif step == P_SET:
                 m = m_[i]
                 nd = node[i]
-                K = keymap[nd, m] if ksel_[i] < 0 else ksel_[i]
+                K = _key_at(keymap, node, ksel_, i, m)
                 s_t = g_[i]
                 sets[i] += 1
                 MC, max_minute = _count(MC, commands, cstats, C_SET, s_t, max_minute)
@@ -569,7 +575,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     for m in range(nk_[i]):
                         sid = i * maxk + m
                         if pin[sid]:
-                            K = keymap[node[i], m] if ksel_[i] < 0 else ksel_[i]
+                            K = _key_at(keymap, node, ksel_, i, m)
                             pin[sid] = False
                             _unlink(phead, pnext, pprev, sid, K)
                     mech[i] = 0
