@@ -1,89 +1,41 @@
-"""Baseline against candidate on one trace, judged by the spec's acceptance thresholds.
-
-Both configs replay the same trace with the same seeds; each task's jitter comes from its own
-stream, so replication r of the baseline and replication r of the candidate see the same random
-numbers (common random numbers). The intervals are therefore on paired differences.
-"""
+"""`compare()`: one trace under today's config and a candidate, with common random numbers,
+judged by the acceptance gates. The CLI's `gpusim compare` and the advisor call it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Callable
 
-from advisor.thresholds import Thresholds
-from gpusim.engine import SimulationResult, jsonable
-from gpusim.metrics import mean_ci
-
-COMPARE_SCHEMA = "gpusim.compare/1"
+from gpusim.acceptance import Criterion, Thresholds, compare_json, judge
+from gpusim.cluster import Cluster
+from gpusim.config import GpuLockConfig, LockSettings
+from gpusim.simulation import SimulationResult, simulate
+from gpusim.traces.format import Trace
 
 
 @dataclass(frozen=True)
-class Criterion:
-    name: str
-    value: float | None
-    ci95: list[float] | None
-    op: str              # ">=" or "<"
-    threshold: float
-    passed: bool
+class Comparison:
+    baseline: SimulationResult
+    candidate: SimulationResult
+    thresholds: Thresholds
+    criteria: list[Criterion]
 
     @property
-    def margin(self) -> float | None:
-        if self.value is None:
-            return None
-        return self.value - self.threshold if self.op == ">=" else self.threshold - self.value
+    def passed(self) -> bool:
+        return all(c.passed for c in self.criteria)
+
+    def dumps(self) -> str:
+        """The comparison JSON (schema gpusim.compare/1), byte-identical for equal inputs."""
+        return compare_json(self.baseline, self.candidate, self.thresholds, self.criteria)
 
 
-def _paired(base: SimulationResult, cand: SimulationResult,
-            f: Callable[[dict, dict], float | None]) -> tuple[float | None, list[float] | None]:
-    vals = [f(b.metrics, c.metrics) for b, c in zip(base.replications, cand.replications)]
-    if any(v is None for v in vals):
-        return None, None
-    return mean_ci(vals)
-
-
-def _ratio_change(key: str) -> Callable[[dict, dict], float | None]:
-    def f(b: dict, c: dict) -> float | None:
-        return None if not b[key] else c[key] / b[key] - 1.0
-    return f
-
-
-def judge(base: SimulationResult, cand: SimulationResult, th: Thresholds) -> list[Criterion]:
-    rows = []
-
-    def add(name: str, value: float | None, ci: list[float] | None, op: str, thr: float):
-        ok = value is not None and (value >= thr if op == ">=" else value < thr)
-        rows.append(Criterion(name, value, ci, op, thr, ok))
-
-    v, ci = _paired(base, cand, lambda b, c: c["success_rate"])
-    add("success_rate", v, ci, ">=", th.success_rate_min)
-    change = _ratio_change("wait_mean_s")
-    v, ci = _paired(base, cand, lambda b, c: None if change(b, c) is None else -change(b, c))
-    add("wait_mean_reduction", v, ci, ">=", th.wait_reduction_min)
-    v, ci = _paired(base, cand, _ratio_change("redis_cpu_utilization"))
-    add("redis_cpu_increase", v, ci, "<", th.redis_cpu_increase_max)
-    v, ci = _paired(base, cand, lambda b, c: c["timeout_rate"])
-    add("timeout_rate", v, ci, "<", th.timeout_rate_max)
-    return rows
-
-
-def compare_json(base: SimulationResult, cand: SimulationResult, th: Thresholds,
-                 rows: list[Criterion]) -> str:
-    doc = jsonable({
-        "schema": COMPARE_SCHEMA,
-        "thresholds": th.model_dump(),
-        "acceptance": [{"criterion": r.name, "value": r.value, "ci95": r.ci95, "op": r.op,
-                        "threshold": r.threshold, "margin": r.margin,
-                        "result": "PASS" if r.passed else "FAIL"} for r in rows],
-        "passed": all(r.passed for r in rows),
-        "baseline": base.to_json(),
-        "candidate": cand.to_json(),
-    })
-    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-
-
-def summary_rows(base: SimulationResult, cand: SimulationResult) -> list[tuple[str, Any, Any]]:
-    keys = ("success_rate", "timeout_rate", "wait_mean_s", "wait_p95_s", "wait_p99_s",
-            "polls", "redis_ops_per_s", "redis_cpu_utilization", "gpu_utilization",
-            "lock_expired_while_held", "double_occupancy_s", "emergency_deletes")
-    return [(k, base.metrics.get(k), cand.metrics.get(k)) for k in keys]
+def compare(trace: Trace, baseline: LockSettings | GpuLockConfig,
+            candidate: LockSettings | GpuLockConfig, cluster: Cluster | None = None,
+            thresholds: Thresholds | None = None, *, seed: int = 0, replications: int = 3,
+            engine: str = "fast", jobs: int = 1) -> Comparison:
+    """Replay `trace` under both configs on the same seeds (replication r of each sees the same
+    random numbers), and judge the candidate against the baseline."""
+    th = thresholds or Thresholds()
+    kw = dict(seed=seed, replications=replications, engine=engine, jobs=jobs)
+    base = simulate(trace, baseline, cluster, **kw)
+    cand = simulate(trace, candidate, cluster, **kw)
+    return Comparison(base, cand, th, judge(base, cand, th))

@@ -10,9 +10,9 @@ import numpy as np
 from scipy import stats
 
 from gpusim.cluster import COMMANDS, RedisModel
-from gpusim.records import (LOST_REASONS, OUTCOMES, RunLog, TaskRecord, TaskTable,
-                             hold_reason_count)
-from gpusim.redis_model import MINUTE
+from gpusim.records import (LOST_REASONS, OUTCOMES, HoldEnd, LostReason, Outcome, RunLog,
+                            TaskRecord, TaskTable, hold_reason_count)
+from gpusim.timebins import MINUTE_S
 
 
 class Metric(str, Enum):
@@ -68,11 +68,11 @@ def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
     t = TaskTable.from_records(records)
     n = len(t)
     outcome = t.outcome
-    acquired = int((outcome == OUTCOMES.index("acquired")).sum())
-    crashed = int((outcome == OUTCOMES.index("crashed")).sum())
-    timeouts = int((outcome == OUTCOMES.index("timeout")).sum())
+    acquired = int((outcome == OUTCOMES.index(Outcome.ACQUIRED)).sum())
+    crashed = int((outcome == OUTCOMES.index(Outcome.CRASHED)).sum())
+    timeouts = int((outcome == OUTCOMES.index(Outcome.TIMEOUT)).sum())
     wait = t.wait_s
-    acq_wait = wait[outcome != OUTCOMES.index("timeout")]
+    acq_wait = wait[outcome != OUTCOMES.index(Outcome.TIMEOUT)]
     queue = t.slot_s - t.arrival_s
     latency = t.end_s - t.arrival_s
     lost = t.lost_reason
@@ -95,7 +95,7 @@ def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
         Metric.LATENCY_MEAN.value: float(latency.mean()) if n else None,
         Metric.LATENCY_P95.value: _pct(latency, 95),
         Metric.POLLS.value: int(t.attempts.sum()),
-        Metric.LOCK_EXPIRED_WHILE_HELD.value: int((lost == LOST_REASONS.index("expired")).sum()),
+        Metric.LOCK_EXPIRED_WHILE_HELD.value: int((lost == LOST_REASONS.index(LostReason.EXPIRED)).sum()),
         Metric.LOCK_LOST_WHILE_HELD.value: int((lost >= 0).sum()),
         Metric.MISSED_WAKEUPS.value: int(t.missed_wakeups.sum()),
         Metric.EVENT_FALLBACKS.value: int(t.fell_back.sum()),
@@ -144,11 +144,11 @@ def redis_load(log: RunLog, redis: RedisModel) -> dict[str, Any]:
     cpu_s = float(sum(log.commands[c] * cpu_vec[i] for i, c in enumerate(COMMANDS))
                   + log.deliveries * per_sub)
     # A partial last minute is scaled by its true length, not by 60 s.
-    full = int(horizon // MINUTE)
-    lengths = np.full(len(minute_ops), MINUTE)
+    full = int(horizon // MINUTE_S)
+    lengths = np.full(len(minute_ops), MINUTE_S)
     if full < len(lengths):
-        lengths[full] = max(horizon - full * MINUTE, 1e-9)
-        lengths[full + 1:] = MINUTE
+        lengths[full] = max(horizon - full * MINUTE_S, 1e-9)
+        lengths[full + 1:] = MINUTE_S
     peak_ops = float((minute_ops / lengths).max()) if len(minute_ops) else 0.0
     peak_cpu = float((minute_cpu / lengths).max()) if len(minute_cpu) else 0.0
     return {
@@ -171,10 +171,11 @@ def run_metrics(log: RunLog, redis: RedisModel) -> dict[str, Any]:
     m[Metric.GPU_UTILIZATION.value] = util
     m[Metric.DOUBLE_OCCUPANCY_S.value] = double
     m[Metric.EMERGENCY_DELETES.value] = log.commands["DEL"] - hold_reason_count(
-        log.holds, "monitor_deleted")
+        log.holds, HoldEnd.MONITOR_DELETED)
     m[Metric.FOREIGN_LOCK_DELETES.value] = int(table.deleted_other.sum())
     m[Metric.SILENT_FREES.value] = hold_reason_count(
-        log.holds, "expired", "emergency_deleted", "monitor_deleted")
+        log.holds, HoldEnd.EXPIRED, HoldEnd.EMERGENCY_DELETED,
+        HoldEnd.MONITOR_DELETED)
     m[Metric.HORIZON.value] = log.horizon_s
     return m
 
@@ -188,30 +189,3 @@ def by_task_type(records: Sequence[TaskRecord] | TaskTable) -> dict[str, dict[st
         if mask.any():
             out[name] = {k: v for k, v in task_metrics(table.subset(mask)).items() if k in keep}
     return out
-
-
-# -- across replications -------------------------------------------------------------------------
-def mean_ci(values: Sequence[float]) -> tuple[float, list[float] | None]:
-    """Mean and Student-t 95% interval over independent replications (None with one)."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, None
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, [mean - half, mean + half]
-
-
-def combine(per_rep: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Means (and nested dicts of means) across replications, and their 95% intervals."""
-    means: dict[str, Any] = {}
-    cis: dict[str, Any] = {}
-    for key in per_rep[0]:
-        vals = [m[key] for m in per_rep]
-        if isinstance(vals[0], dict):
-            sub = combine(vals)
-            means[key], cis[key] = sub
-        elif any(v is None for v in vals):
-            means[key], cis[key] = None, None
-        else:
-            means[key], cis[key] = mean_ci(vals)
-    return means, cis

@@ -1,10 +1,13 @@
-"""Output files are written whole or not at all: a temp file beside the target, renamed in."""
+"""Output: strict JSON values, and files written whole or not at all (a temp file beside the
+target, renamed in)."""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from gpusim.errors import InputError
 
@@ -29,3 +32,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON types; NaN/inf become null so the output is strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -6,12 +6,50 @@ Metrics are pure functions of these (gpusim.metrics); the engines only write the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-OUTCOMES = ("acquired", "crashed", "timeout")
-MECHANISMS = ("immediate", "event", "polling")
+
+# The categories a record holds. They are strings (records and JSON read as plain text) and their
+# order is the integer code the columnar tables and the compiled engine use.
+class Outcome(StrEnum):
+    ACQUIRED = "acquired"    # got the lock, ran, released
+    CRASHED = "crashed"      # got the lock, the worker died while holding it
+    TIMEOUT = "timeout"      # gave up after max_wait_time
+
+
+class Mechanism(StrEnum):
+    IMMEDIATE = "immediate"  # the event-driven path's first try
+    EVENT = "event"          # woken by a release message
+    POLLING = "polling"      # a poll (polling path, or the event path's fallback)
+
+
+class Release(StrEnum):
+    OWNER = "owner"          # compare-and-delete found its own value: DEL, PUBLISH
+    NOT_OWNER = "not_owner"  # the value was gone or another's: GET, then the emergency DEL
+
+
+class LostReason(StrEnum):
+    EXPIRED = "expired"                        # TTL ran out under the running task
+    RELEASED_BY_OTHER = "released_by_other"    # a same-type task's release deleted it
+    DELETED = "deleted"                        # an emergency or monitor DEL
+
+
+class HoldEnd(StrEnum):
+    RELEASED = "released"
+    EXPIRED = "expired"
+    EMERGENCY_DELETED = "emergency_deleted"
+    MONITOR_DELETED = "monitor_deleted"
+    OPEN = "open"                              # still set when the run ended
+
+
+OUTCOMES = tuple(Outcome)
+MECHANISMS = tuple(Mechanism)
+RELEASES = tuple(Release)
+LOST_REASONS = tuple(LostReason)
+HOLD_REASONS = tuple(HoldEnd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +61,8 @@ class TaskRecord:
     gpu: int | None            # GPU index on `node` whose key it acquired; None on timeout
     arrival_s: float           # reached its Celery queue
     slot_s: float              # got a worker slot and started acquiring
-    outcome: str               # acquired | crashed | timeout
-    mechanism: str | None      # how it acquired: immediate | event | polling
+    outcome: Outcome           # acquired | crashed | timeout
+    mechanism: Mechanism | None  # how it acquired: immediate | event | polling
     acquired_s: float | None   # SET NX reply received
     gpu_end_s: float | None    # GPU work ended (release starts, or the worker died)
     end_s: float               # worker slot freed
@@ -35,10 +73,10 @@ class TaskRecord:
     event_wakeups: int         # release messages that woke it
     fell_back: bool            # event-driven wait timed out and it polled
     missed_wakeups: int        # releases published between its first try and its SUBSCRIBE
-    release: str | None        # owner | not_owner | None (crashed or timed out)
+    release: Release | None    # owner | not_owner | None (crashed or timed out)
     deleted_other: bool        # its release removed a key another task had set
     lost_lock_s: float | None  # its key vanished while its GPU work still ran
-    lost_reason: str | None    # expired | released_by_other | deleted
+    lost_reason: LostReason | None  # expired | released_by_other | deleted
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +93,7 @@ class KeyHold:
     holder: int                # task index that set it
     set_s: float
     end_s: float
-    end_reason: str            # released | expired | emergency_deleted | monitor_deleted | open
+    end_reason: HoldEnd        # released | expired | emergency_deleted | monitor_deleted | open
     ended_by: int | None       # task index whose command ended it (None: TTL, monitor, open)
 
 
@@ -79,9 +117,6 @@ class RunLog:
 # tasks, and one Python object per task costs more than simulating it. The tables still behave
 # as sequences of TaskRecord / KeyHold (built on access), so every consumer of records works.
 
-RELEASES = ("owner", "not_owner")
-LOST_REASONS = ("expired", "released_by_other", "deleted")
-HOLD_REASONS = ("released", "expired", "emergency_deleted", "monitor_deleted", "open")
 
 
 def _code(value: str | None, names: tuple[str, ...]) -> int:

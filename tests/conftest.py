@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpusim.redis_server import PrivateRedis, RedisBinaryNotFound, redis_binary
+from gpusim.real.server import PrivateRedis, RedisBinaryNotFound, redis_binary
 
 
 @pytest.fixture(scope="session")

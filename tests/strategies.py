@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from gpusim.cluster import ClusterSpec, build_cluster
 from gpusim.config import GpuLockConfig
-from gpusim.trace import trace_from_rows
+from gpusim.traces.format import trace_from_rows
 
 TYPES = ("ocr", "ffmpeg", "whisper")
 

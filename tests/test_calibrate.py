@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gpusim.calibrate import CalibrationError, ReferenceLoad, calibrate_redis
+from gpusim.real.calibrate import CalibrationError, ReferenceLoad, calibrate_redis
 from gpusim.cluster import load_cluster
-from gpusim.redis_server import PrivateRedis
+from gpusim.real.server import PrivateRedis
 
 pytestmark = pytest.mark.redis
 

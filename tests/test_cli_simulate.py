@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gpusim.cli import app
-from gpusim.trace import trace_from_rows, write_trace
+from gpusim.cli.app import app
+from gpusim.traces.format import trace_from_rows, write_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -62,7 +62,7 @@ def test_same_seed_same_bytes_in_another_process_and_different_seed_differs(trac
                                                                             tmp_path):
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     assert runner.invoke(app, simulate_args(trace_file, a)).exit_code == 0
-    cmd = [sys.executable, "-m", "gpusim.cli"] + simulate_args(trace_file, b)
+    cmd = [sys.executable, "-m", "gpusim"] + simulate_args(trace_file, b)
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     assert a.read_bytes() == b.read_bytes()
     assert runner.invoke(app, simulate_args(trace_file, c, seed=2)).exit_code == 0

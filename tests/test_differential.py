@@ -1,8 +1,7 @@
-"""The fast engines are the reference engine, only faster: identical records and metrics.
+"""The fast engine is the reference engine, only faster: identical records and metrics.
 
-`fast` (the default) is the compiled transcription of the model (gpusim.engine_compiled);
-`parked` is the pure-Python engine whose waiters park between key frees
-(gpusim.engine_parked). Both must reproduce the SimPy reference bit for bit.
+`fast` (the default) is the compiled transcription of the model (gpusim.engines.compiled); it
+must reproduce the SimPy reference (gpusim.model.reference) bit for bit.
 """
 
 from __future__ import annotations
@@ -14,12 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from gpusim.config import GpuLockConfig, LockSettings
-from gpusim.engine import simulate
-from gpusim.engine_compiled import CompiledModel
-from gpusim.engine_parked import ParkedModel
+from gpusim.simulation import simulate
+from gpusim.engines.compiled import CompiledModel
 from gpusim.metrics import by_task_type, run_metrics
-from gpusim.model import Model
-from gpusim.trace import load_trace
+from gpusim.model.reference import Model
+from gpusim.traces.format import load_trace
 
 from hypothesis import strategies as st
 
@@ -27,8 +25,6 @@ from strategies import lock_configs, scenarios
 
 # At least 500 generated cases per CI run (issue: "Make the model fast").
 CASES = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
-PARKED_CASES = settings(max_examples=150, deadline=None,
-                        suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +74,12 @@ def test_compiled_engine_matches_reference_with_per_node_configs(sc, data):
     assert_identical(ref, fast, cluster, holds_in_order=True)
 
 
-@PARKED_CASES
-@given(scenarios(max_tasks=40))
-def test_parked_engine_matches_reference_exactly(sc):
-    trace, cluster, cfg, seed = sc
-    ref, parked = run(Model, *sc), run(ParkedModel, *sc)
-    assert_identical(ref, parked, cluster, holds_in_order=False)
-
-
 @pytest.mark.parametrize("cfg", [
     GpuLockConfig(poll_interval=2, max_wait_time=1800, lock_timeout=3600, max_poll_interval=10),
     GpuLockConfig(poll_interval=0.5, max_wait_time=300, lock_timeout=600, max_poll_interval=5,
                   use_event_driven=False)], ids=["production", "candidate-polling"])
-@pytest.mark.parametrize("engine", ["fast", "parked"])
-def test_engines_agree_on_a_busy_sample_trace(sample_1gpu_trace, cfg, engine):
+def test_engines_agree_on_a_busy_sample_trace(sample_1gpu_trace, cfg):
+    engine = "fast"
     a = simulate(sample_1gpu_trace, cfg, seed=3, engine="reference")
     b = simulate(sample_1gpu_trace, cfg, seed=3, engine=engine)
     assert tuple(a.replications[0].records) == tuple(b.replications[0].records)
@@ -123,11 +111,12 @@ def test_parallel_replications_identical_to_serial(sample_1gpu_trace):
 
 
 def test_minute_bins_use_python_floor_division():
-    """Per-minute counts must bin exactly as the reference's int(t // 60.0), also for times
-    a hair below a minute boundary, where floor(t / 60) and t // 60 can differ."""
-    from gpusim.engine_compiled import _minute_of
+    """Per-minute counts (both engines bin with gpusim.timebins.minute_of) must bin exactly as
+    Python's t // 60.0, also a hair below a minute boundary, where floor(t / 60) and t // 60
+    can differ."""
+    from gpusim.timebins import minute_of
     rng = np.random.default_rng(0)
     edges = np.arange(1, 200_000) * 60.0
     times = np.concatenate([rng.uniform(0, 1e7, 20_000), edges, np.nextafter(edges, 0),
                             np.nextafter(edges, np.inf), [0.0, 5e-324, 59.99999999999999]])
-    assert [_minute_of(float(t)) for t in times] == [int(float(t) // 60.0) for t in times]
+    assert [minute_of(float(t)) for t in times] == [int(float(t) // 60.0) for t in times]

@@ -12,9 +12,9 @@ import pytest
 
 from gpusim.cluster import ClusterSpec, build_cluster
 from gpusim.config import GpuLockConfig, LockSettings
-from gpusim.model import Model
-from gpusim.rng import jitter_factor, stream_key, task_state, uniform
-from gpusim.trace import trace_from_rows
+from gpusim.model.reference import Model
+from gpusim.rng import jitter_factor, stream_key, stream_state, uniform
+from gpusim.traces.format import trace_from_rows
 
 RTT = 0.002
 H = RTT / 2
@@ -46,7 +46,7 @@ def test_polling_path_step_by_step():
     exp = [(0 + H, "GET", key, 0), (0 + 3 * H, "SET", key, 0)]
     acquired_a = 4 * H
     # B: loop test, GET (held), then cur = min(cur * 1.5, max) BEFORE the first sleep, jitter.
-    state = task_state(stream_key(7, 0, "jitter"), 1)
+    state = stream_state(stream_key(7, 0, "jitter"), 1)
     c, cur, k = 1.0, 2.0, 0
     release_eval = acquired_a + 10.0 + H
     b_gets = []

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from gpusim.lock_client import LockClient, LockParams, channel_for, ttl_args
+from gpusim.protocol import channel_for
+from gpusim.real.lock_client import LockClient, LockParams, ttl_args
 
 pytestmark = pytest.mark.redis
 

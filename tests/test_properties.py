@@ -7,7 +7,7 @@ from collections import defaultdict
 from hypothesis import HealthCheck, given, settings
 
 from gpusim.config import LockSettings
-from gpusim.model import Model
+from gpusim.model.reference import Model
 from gpusim.records import OUTCOMES
 
 from strategies import scenarios

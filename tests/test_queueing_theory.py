@@ -26,8 +26,8 @@ import pytest
 
 from gpusim.cluster import ClusterSpec, build_cluster
 from gpusim.config import GpuLockConfig
-from gpusim.engine import simulate
-from gpusim.synth import synthesize_poisson
+from gpusim.simulation import simulate
+from gpusim.traces.synth import synthesize_poisson
 
 POLL = 0.005        # in units of the mean service time (1 s)
 TASKS = 20000

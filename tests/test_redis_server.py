@@ -5,8 +5,8 @@ import os
 import pytest
 import redis
 
-from gpusim import redis_server as rs
-from gpusim.redis_server import PrivateRedis, RedisBinaryNotFound
+from gpusim.real import server as rs
+from gpusim.real.server import PrivateRedis, RedisBinaryNotFound
 
 pytestmark = pytest.mark.redis
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gpusim.cli_trace import trace_app
+from gpusim.cli.trace import trace_app
 from gpusim.errors import InputError
-from gpusim.synth import (
+from gpusim.traces.synth import (
     Bursty,
     Deterministic,
     Diurnal,
@@ -32,7 +32,7 @@ from gpusim.synth import (
     synthesize,
     synthesize_poisson,
 )
-from gpusim.trace import load_trace, write_trace
+from gpusim.traces.format import load_trace, write_trace
 
 K = 4.0
 REPO = Path(__file__).resolve().parents[1]

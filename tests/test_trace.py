@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpusim.errors import InputError, InputErrors
-from gpusim.trace import MAX_REPORTED_ERRORS, Task, Trace, load_trace, trace_from_rows, write_trace
+from gpusim.traces.format import MAX_REPORTED_ERRORS, Task, Trace, load_trace, trace_from_rows, write_trace
 
 ROWS = [
     {"task_id": "a", "task_type": "paddleocr", "arrival_s": 5.0, "duration_s": 0.1 + 0.2},

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from gpusim.cli_trace import trace_app
+from gpusim.cli.trace import trace_app
 from gpusim.errors import InputError, InputErrors
-from gpusim.trace import load_trace
-from gpusim.trace_import import RowFilter, import_csv, parse_mapping
+from gpusim.traces.format import load_trace
+from gpusim.traces.csv_import import RowFilter, import_csv, parse_mapping
 
 runner = CliRunner()
 

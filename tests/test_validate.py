@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from gpusim.config import GpuLockConfig
 from gpusim.errors import InputError
-from gpusim.redis_server import PrivateRedis
-from gpusim.trace import trace_from_rows
-from gpusim.validate import (DEFAULT_TOLERANCES, CudaUnavailable, RedisDiedDuringRun,
+from gpusim.real.server import PrivateRedis
+from gpusim.traces.format import trace_from_rows
+from gpusim.real.validate import (DEFAULT_TOLERANCES, CudaUnavailable, RedisDiedDuringRun,
                              RedisUnavailable, _paired_interval, _welch_interval, compare,
                              run_real, validate)
 
@@ -321,7 +321,7 @@ def test_validation_passes_event_driven(redis_server):
 def app():
     import typer
 
-    from gpusim.cli_redis import register
+    from gpusim.cli.real import register
     a = typer.Typer()
     register(a)
     return a

@@ -35,7 +35,7 @@ the idle rate (~2.6 ms/s with 2,000 connections open) times a 4-minute run is a 
 run's raw CPU, so a 0.5 s window's noise (2.8 vs 3.5 ms/s measured in two runs) mattered.
 
 Redis CPU on a mostly idle host is not a constant per command: each command is a server
-wake-up whose cost depends on what else the host runs (gpusim.calibrate, "Redis CPU model").
+wake-up whose cost depends on what else the host runs (gpusim.real.calibrate, "Redis CPU model").
 When the Redis is on this host, a control load runs on a second private redis-server during
 each run (``RealRun.reference``) and the prediction for run r uses it; the redis-server's
 voluntary context switches per client command are reported as a check of "one wake-up per
@@ -72,7 +72,7 @@ counts 5%, Redis CPU 25%. Why these: the wait mean and the command counts are wh
 exists to predict and are averages over many polls, so a faithful model should be within a few
 percent; a p95 rests on a handful of tasks per run, hence the wider band; success rate is the
 spec's gate metric, whose threshold (95%) leaves only a few points of room; Redis CPU depends on
-per-command costs calibrated on a noisy machine (see gpusim.calibrate), so it is looser. Other rows
+per-command costs calibrated on a noisy machine (see gpusim.real.calibrate), so it is looser. Other rows
 (timeout rate, p50, attempts, EVAL, PUBLISH, DEL) are reported without a verdict.
 
 Wait percentiles (p50, p95) are taken over the pooled waits of all runs (all seeds), not averaged
@@ -107,7 +107,8 @@ import redis
 
 from gpusim.config import GpuLockConfig, LockSettings
 from gpusim.errors import InputError
-from gpusim.lock_client import LockClient, LockParams
+from gpusim.protocol import lock_key
+from gpusim.real.lock_client import LockClient, LockParams
 
 __all__ = ["run_real", "compare", "RealRun", "RealResult", "Comparison", "MetricRow",
            "RedisUnavailable", "RedisDiedDuringRun", "CudaUnavailable", "DEFAULT_TOLERANCES",
@@ -172,7 +173,7 @@ class RealRun:
     elapsed_s: float
     lateness: dict[str, float]
     get_rtt_p50_s: float = 0.0            # median GET round trip the workers saw
-    # the control load on a reference Redis during this run (see gpusim.calibrate.ReferenceLoad)
+    # the control load on a reference Redis during this run (see gpusim.real.calibrate.ReferenceLoad)
     reference: dict[str, float] | None = None
     # voluntary context switches of a local redis-server during the run (its epoll wake-ups)
     server_wakeups: int | None = None
@@ -277,10 +278,6 @@ class _Sleeper:
         self.until(self.clock() + seconds)
 
 
-def _lock_key(prefix: str, node: str, gpu: int, shared: bool) -> str:
-    return f"{prefix}gpu_lock:{gpu}" if shared else f"{prefix}{node}/gpu_lock:{gpu}"
-
-
 def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
              redis_url: str | None = None, time_scale: float = 1.0, runs: int = 1,
              hold: str = "sleep", cluster: Any = None, seed: int = 0,
@@ -295,7 +292,7 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
     simulated replication r see the same random numbers. Keys are namespaced under
     ``key_prefix`` (default ``gpusim:validate:<random>:``), so a shared Redis is not disturbed.
 
-    ``reference``: a `gpusim.calibrate.ReferenceLoad` on a second Redis of the same host, run
+    ``reference``: a `gpusim.real.calibrate.ReferenceLoad` on a second Redis of the same host, run
     during every measured window (the CPU control; recorded in ``RealRun.reference``).
     ``idle_window_s`` None: 1% of the replay's length, clipped to [0.5, 2] s.
     """
@@ -345,7 +342,7 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
 
     owned = None
     if redis_url is None:
-        from gpusim.redis_server import PrivateRedis
+        from gpusim.real.server import PrivateRedis
         owned = PrivateRedis().start()
         redis_url = owned.url
     prefix = key_prefix if key_prefix is not None else f"gpusim:validate:{uuid.uuid4().hex[:8]}:"
@@ -425,7 +422,7 @@ def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, sha
              uot: bool, emd: bool, seed: int, hold_fn, idle_window_s: float,
              reference: Any = None, server_pid: int | None = None) -> RealRun:
     from gpusim.records import TaskRecord
-    from gpusim.rng import stream_key, task_state, uniform
+    from gpusim.rng import stream_key, stream_state, uniform
 
     clock = time.monotonic
     abort = threading.Event()
@@ -439,7 +436,7 @@ def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, sha
     clients: list[LockClient] = []
     try:
         for task, _node, _gpu, params, _arr, _dur in plan:
-            st = task_state(jkey, task.index)
+            st = stream_state(jkey, task.index)
             clients.append(LockClient(url, params, unique_owner_token=uot, emergency_delete=emd,
                                       uniform_at=lambda k, st=st: uniform(st, k), clock=clock,
                                       sleep=abortable_sleep))
@@ -459,7 +456,7 @@ def _one_run(r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str, sha
     def worker(i: int, t0: float) -> None:
         task, node, gpu, params, arrival, duration = plan[i]
         client = clients[i]
-        key = _lock_key(run_prefix, node, gpu, shared)
+        key = lock_key(node, gpu, shared=shared, prefix=run_prefix)
         due = t0 + arrival
         try:
             sleeper.until(due)
@@ -987,17 +984,17 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
     """Real replay + simulation + comparison. Returns (comparison, real, sim, calibration).
 
     With no cluster file (``calibrate`` None -> True), the Redis model is calibrated on the same
-    server (`gpusim.calibrate.calibrate_redis`), so Redis CPU is compared on this machine's own
+    server (`gpusim.real.calibrate.calibrate_redis`), so Redis CPU is compared on this machine's own
     per-command costs; a given cluster file is used as it is.
 
     ``reference`` (None: on when calibrating against a Redis on this host): a second, private
     redis-server receives a known control load during every real run
-    (`gpusim.calibrate.ReferenceLoad`, GETs at the command rate the model predicts);
+    (`gpusim.real.calibrate.ReferenceLoad`, GETs at the command rate the model predicts);
     the CPU per command it measures is the host's cost of a lock command at that moment, and the
     prediction for real run r uses the control of run r. See the calibrate module docstring.
     """
-    from gpusim.engine import simulate
-    from gpusim.redis_server import PrivateRedis
+    from gpusim.simulation import simulate
+    from gpusim.real.server import PrivateRedis
 
     if calibrate is None:
         calibrate = cluster is None
@@ -1019,7 +1016,7 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
             horizon = pre.replications[0].metrics.get("horizon_s") or 0.0
             gap = horizon / n_cmds if n_cmds and horizon > 0 else None
         if reference and gap:
-            from gpusim.calibrate import ReferenceLoad
+            from gpusim.real.calibrate import ReferenceLoad
             ref_srv = PrivateRedis().start()
             ref_load = ReferenceLoad(ref_srv.url, gap, connections=min(len(trace), 64),
                                      seed=seed, chain_mean=max(1.0, n_cmds / max(1, n_wake)))
@@ -1030,7 +1027,7 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
                               or [0]))
         cal = None
         if calibrate:
-            from gpusim.calibrate import CalibrationError, calibrate_redis
+            from gpusim.real.calibrate import CalibrationError, calibrate_redis
             if progress:
                 progress("calibrating Redis" + (f" (mean gap between commands {gap * 1e3:.1f} ms)"
                                                 if gap else ""))

@@ -2,7 +2,7 @@
 
 The server applies each command at the simulated time it reaches the server. Commands that
 arrive at the same instant are applied in the order the engine delivers them, which is fixed by
-event priority (see gpusim.model): simultaneous commands run in task-index order.
+event priority (see gpusim.model.reference): simultaneous commands run in task-index order.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 
 from gpusim.cluster import COMMANDS
-from gpusim.records import KeyHold
+from gpusim.records import HoldEnd, KeyHold
+from gpusim.timebins import MINUTE_S, minute_of
 
 CMD_INDEX = {c: i for i, c in enumerate(COMMANDS)}
-MINUTE = 60.0
 
 
 @dataclass
@@ -36,7 +36,6 @@ class Subscription:
 
 @dataclass
 class RedisServerModel:
-    on_free: Callable[[str, float, int], None] | None = None   # key, time, priority
     keys: dict[str, KeyState] = field(default_factory=dict)
     holds: list[KeyHold] = field(default_factory=list)
     commands: list[int] = field(default_factory=lambda: [0] * len(COMMANDS))
@@ -56,21 +55,9 @@ class RedisServerModel:
         i = CMD_INDEX[cmd]
         self.commands[i] += n
         self.commandstats[i] += n
-        self.minute_commands[(int(t // MINUTE), i)] += n
+        self.minute_commands[(minute_of(t), i)] += n
         for c in inner:  # commands a Lua script runs inside the server
             self.commandstats[CMD_INDEX[c]] += 1
-
-    def count_bulk(self, cmd: str, times: np.ndarray) -> None:
-        """Many commands of one type at the given server times (the fast engine's failed polls)."""
-        if len(times) == 0:
-            return
-        i = CMD_INDEX[cmd]
-        self.commands[i] += len(times)
-        self.commandstats[i] += len(times)
-        minutes, counts = np.unique(np.floor_divide(times, MINUTE).astype(np.int64),
-                                    return_counts=True)
-        for m, n in zip(minutes.tolist(), counts.tolist()):
-            self.minute_commands[(m, i)] += n
 
     # -- keys -----------------------------------------------------------------------------------
     def _state(self, key: str, t: float) -> KeyState:
@@ -78,10 +65,10 @@ class RedisServerModel:
         if st is None:
             st = self.keys[key] = KeyState()
         elif st.value is not None and t >= st.expires_at:
-            self._end(key, st, st.expires_at, "expired", None)
+            self._end(key, st, st.expires_at, HoldEnd.EXPIRED, None)
         return st
 
-    def _end(self, key: str, st: KeyState, t: float, reason: str, by: int | None) -> None:
+    def _end(self, key: str, st: KeyState, t: float, reason: HoldEnd, by: int | None) -> None:
         self.holds.append(KeyHold(key, st.holder, st.set_s, t, reason, by))
         st.value = None
         st.holder = -1
@@ -102,20 +89,19 @@ class RedisServerModel:
         st.value, st.holder, st.set_s, st.expires_at = value, holder, t, t + ttl
         return True
 
-    def eval_compare_and_delete(self, key: str, value: str, t: float, prio: int,
+    def eval_compare_and_delete(self, key: str, value: str, t: float,
                                 by: int) -> tuple[bool, int]:
         """The release script; returns (deleted, index of the holder whose key it was)."""
         st = self._state(key, t)
         if st.value is not None and st.value == value:
             holder = st.holder
             self.count("EVAL", t, inner=("GET", "DEL"), key=key, by=by)
-            self._end(key, st, t, "released", by)
-            self._freed(key, t, prio)
+            self._end(key, st, t, HoldEnd.RELEASED, by)
             return True, holder
         self.count("EVAL", t, inner=("GET",), key=key, by=by)
         return False, st.holder
 
-    def delete(self, key: str, t: float, prio: int, by: int | None, reason: str) -> int:
+    def delete(self, key: str, t: float, by: int | None, reason: HoldEnd) -> int:
         """Plain DEL; returns the index of the holder whose key was removed, or -1."""
         self.count("DEL", t, key=key, by=-1 if by is None else by)
         st = self._state(key, t)
@@ -123,12 +109,7 @@ class RedisServerModel:
             return -1
         holder = st.holder
         self._end(key, st, t, reason, by)
-        self._freed(key, t, prio)
         return holder
-
-    def _freed(self, key: str, t: float, prio: int) -> None:
-        if self.on_free is not None:
-            self.on_free(key, t, prio)
 
     def close(self, horizon: float) -> None:
         """End the run: keys still set expire (if due) or stay open."""
@@ -136,9 +117,9 @@ class RedisServerModel:
             if st.value is None:
                 continue
             if st.expires_at <= horizon:
-                self._end(key, st, st.expires_at, "expired", None)
+                self._end(key, st, st.expires_at, HoldEnd.EXPIRED, None)
             else:
-                self._end(key, st, horizon, "open", None)
+                self._end(key, st, horizon, HoldEnd.OPEN, None)
 
     # -- pub/sub --------------------------------------------------------------------------------
     def subscribe(self, channel: str, sub: Subscription, t: float) -> None:
@@ -155,12 +136,12 @@ class RedisServerModel:
         subs = list(self.channels.get(channel, {}).values())
         self.deliveries += len(subs)
         if subs:
-            self.minute_deliveries[int(t // MINUTE)] += len(subs)
+            self.minute_deliveries[minute_of(t)] += len(subs)
         return subs
 
     # -- results --------------------------------------------------------------------------------
     def minute_arrays(self, horizon: float) -> tuple[np.ndarray, np.ndarray]:
-        n = int(horizon // MINUTE) + 1
+        n = int(horizon // MINUTE_S) + 1
         for (m, _), _ in self.minute_commands.items():
             n = max(n, m + 1)
         for m in self.minute_deliveries:

@@ -115,7 +115,7 @@ import numpy as np
 import redis
 import yaml
 
-from gpusim.lock_client import RELEASE_SCRIPT, channel_for
+from gpusim.protocol import RELEASE_SCRIPT, channel_for
 
 __all__ = ["calibrate_redis", "CalibrationError", "write_redis_yaml", "ReferenceLoad"]
 
@@ -207,7 +207,7 @@ def calibrate_redis(url: str, *, seconds_per_command: float = 0.3, max_ops: int 
     kw = c.connection_pool.connection_kwargs
     prefix = f"gpusim:calibrate:{uuid.uuid4().hex[:12]}:"
     details: dict[str, Any] = {"method": "INFO cpu delta (used_cpu_user+used_cpu_sys) minus "
-                               "idle rate, per command; see gpusim.calibrate docstring",
+                               "idle rate, per command; see gpusim.real.calibrate docstring",
                                "server": c.info("server").get("redis_version"),
                                "clamped": []}
     spread: list[redis.Redis] = []

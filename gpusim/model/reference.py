@@ -1,8 +1,8 @@
 """The SimPy model of YiVideo's GPU lock: tasks, worker slots, the lock protocol and Redis.
 
 This module is the executable specification (`--engine reference`): every poll is a SimPy
-event. gpusim.engine_parked subclasses it and replaces only the polling phase;
-gpusim.engine_compiled transcribes it into a compiled state machine (the default engine).
+event. gpusim.engines.compiled transcribes it into a compiled state machine (the default engine),
+and tests/test_differential.py holds the two to identical output.
 
 Timing conventions (seconds; time 0 is the first arrival):
 - A command sent at client time c reaches the server at c + h and its reply is back at
@@ -26,55 +26,16 @@ import simpy
 from simpy.events import Event
 
 from gpusim.cluster import Cluster
-from gpusim.config import GpuLockConfig, LockSettings
-from gpusim.records import KeyHold, RunLog, TaskRecord
-from gpusim.redis_model import RedisServerModel, Subscription
-from gpusim.rng import jitter_factor, stream_key, task_state, uniform
-from gpusim.slots import make_pools
-from gpusim.trace import Task, Trace
+from gpusim.config import LockSettings
+from gpusim.protocol import BACKOFF_FACTOR, channel_for, lock_key, owner_value
+from gpusim.records import (HoldEnd, KeyHold, LostReason, Mechanism, Outcome, Release, RunLog,
+                            TaskRecord)
+from gpusim.model.params import PRIO_TASK0, LockParams, MonitorParams, check_one_per_node
+from gpusim.model.redis import RedisServerModel, Subscription
+from gpusim.rng import jitter_factor, stream_key, stream_state, uniform
+from gpusim.model.slots import make_pools
+from gpusim.traces.format import Task, Trace
 
-PRIO_TASK0 = 2
-BACKOFF_FACTOR = 1.5  # YiVideo: current = min(current * 1.5, max_poll_interval)
-
-
-@dataclass(frozen=True)
-class LockParams:
-    """A node's gpu_lock settings as floats, divided by the replay's time scale."""
-
-    poll_interval: float
-    max_wait: float
-    ttl: float
-    backoff: bool
-    max_poll: float
-    event_driven: bool
-    fallback: float
-
-    @classmethod
-    def from_config(cls, cfg: GpuLockConfig, time_scale: float = 1.0) -> "LockParams":
-        f = float(time_scale)
-        return cls(cfg.poll_interval / f, cfg.max_wait_time / f, cfg.lock_timeout / f,
-                   cfg.exponential_backoff, cfg.max_poll_interval / f, cfg.use_event_driven,
-                   cfg.fallback_timeout / f)
-
-
-@dataclass(frozen=True)
-class MonitorParams:
-    interval: float
-    soft: float
-    hard: float
-    heartbeat_timeout: float
-
-    @classmethod
-    def from_settings(cls, s: LockSettings, time_scale: float = 1.0) -> "MonitorParams":
-        m, f = s.gpu_lock_monitor, float(time_scale)
-        return cls(m.monitor_interval / f, m.timeout_levels.soft_timeout / f,
-                   m.timeout_levels.hard_timeout / f, m.heartbeat.timeout / f)
-
-
-def check_one_per_node(cluster: Cluster, settings: list[LockSettings]) -> None:
-    if len(settings) != len(cluster.nodes):
-        raise ValueError(f"one LockSettings per node: got {len(settings)} for "
-                         f"{len(cluster.nodes)} nodes")
 
 
 class Env(simpy.Environment):
@@ -116,15 +77,15 @@ class TaskRun:
     gpu_end_s: float | None = None
     end_s: float = float("nan")
     wait_s: float = float("nan")
-    outcome: str = ""
-    mechanism: str | None = None
+    outcome: Outcome | None = None
+    mechanism: Mechanism | None = None
     attempts: int = 0
     gets: int = 0
     sets: int = 0
     event_wakeups: int = 0
     fell_back: bool = False
     missed_wakeups: int = 0
-    release: str | None = None
+    release: Release | None = None
     deleted_other: bool = False
     # event-driven wait state
     flag: bool = False
@@ -143,14 +104,14 @@ class Model:
         self.trace = trace
         self.cluster = cluster
         self.time_scale = float(time_scale)
-        self.env = self.make_env()
+        self.env = Env()
         self.h = cluster.redis.rtt_s / 2.0
         self.subscribe_delay = cluster.redis.client_subscribe_delay_s
         self.wake_jitter = cluster.redis.pubsub_wakeup_jitter_s
         self.params = [LockParams.from_config(s.gpu_lock, time_scale) for s in settings]
         self.monitor_params = [MonitorParams.from_settings(s, time_scale) for s in settings]
         self.opts = cluster.options
-        self.server = RedisServerModel(on_free=self._on_free)
+        self.server = RedisServerModel()
         self.jitter_key = stream_key(seed, replication, "jitter")
         self.delivery_key = stream_key(seed, replication, "delivery")
         self.runs: list[TaskRun] = []
@@ -168,14 +129,9 @@ class Model:
         self.remaining = len(trace)
         self.monitor_prio = PRIO_TASK0 + len(trace)
 
-    def make_env(self) -> Env:
-        return Env()
-
     # -- keys ----------------------------------------------------------------------------------
     def key_name(self, node: int, gpu: int) -> str:
-        if self.opts.shared_keys_across_nodes:
-            return f"gpu_lock:{gpu}"
-        return f"{self.node_names[node]}/gpu_lock:{gpu}"
+        return lock_key(self.node_names[node], gpu, shared=self.opts.shared_keys_across_nodes)
 
     def all_keys(self) -> list[str]:
         keys = {self.key_name(n.index, g) for n in self.cluster.nodes for g in range(n.gpus)}
@@ -233,10 +189,10 @@ class Model:
         run.node = node
         run.slot_s = env.now
         run.params = p = self.params[node]
-        run.owner = (f"locked_by_{task.task_type}#{task.index}" if self.opts.unique_owner_token
+        run.owner = (owner_value(task.task_type, task.index) if self.opts.unique_owner_token
                      else self.type_owner.setdefault(task.task_type,
-                                                     f"locked_by_{task.task_type}"))
-        run.jitter_state = task_state(self.jitter_key, task.index)
+                                                     owner_value(task.task_type)))
+        run.jitter_state = stream_state(self.jitter_key, task.index)
         keys = self.keys_for(run)
         start = env.now
         if p.event_driven:
@@ -245,7 +201,7 @@ class Model:
             won, c = yield from self._poll_phase(run, keys, start, start)
         run.wait_s = c - start
         if won is None:
-            run.outcome = "timeout"
+            run.outcome = Outcome.TIMEOUT
             yield env.at(c, run.prio)
             self._finish(run, c)
             return
@@ -254,10 +210,10 @@ class Model:
         run.gpu_end_s = c + task.duration_s / self.time_scale
         yield env.at(run.gpu_end_s, run.prio)
         if task.crashed:
-            run.outcome = "crashed"
+            run.outcome = Outcome.CRASHED
             self._finish(run, run.gpu_end_s)
             return
-        run.outcome = "acquired"
+        run.outcome = Outcome.ACQUIRED
         end = yield from self._release(run)
         yield env.at(end, run.prio)  # the slot frees when the last reply is back
         self._finish(run, end)
@@ -278,13 +234,11 @@ class Model:
         won, c, _ = yield from self._try_keys(run, keys, 0, c + self.h)
         return won, c
 
-    def _try_keys(self, run: TaskRun, keys: list[tuple[str, int]], m0: int, g: float,
-                  observed: Any = None
+    def _try_keys(self, run: TaskRun, keys: list[tuple[str, int]], m0: int, g: float
                   ) -> Generator[Event, Any, tuple[tuple[str, int] | None, float, bool]]:
         """GET keys[m0:] in turn (the first at server time g), SET NX a key that looks free.
 
-        Returns (won key or None, client time after, whether any SET NX was sent).
-        `observed(m)` is called as each GET runs (the fast engine tracks what it has seen)."""
+        Returns (won key or None, client time after, whether any SET NX was sent)."""
         env, h, srv = self.env, self.h, self.server
         had_set = False
         c = g
@@ -294,8 +248,6 @@ class Model:
                 g = c + h
             yield env.at(g, run.prio)
             run.gets += 1
-            if observed is not None:
-                observed(m)
             value = srv.get(key[0], g, run.task.index)
             c = g + h
             if value is not None:
@@ -307,15 +259,8 @@ class Model:
             ok = srv.set_nx(key[0], run.owner, run.task.index, s, run.params.ttl)
             c = s + h
             if ok:
-                self._acquired_key(key[0])
                 return key, c, had_set
         return None, c, had_set
-
-    def _acquired_key(self, key: str) -> None:
-        """Hook: `key` was just set (the fast engine watches its expiry)."""
-
-    def _on_free(self, key: str, t: float, prio: int) -> None:
-        """Hook: `key` was freed at server time t by an event of priority prio."""
 
     # -- polling path ----------------------------------------------------------------------------
     def next_sleep(self, run: TaskRun, cur: float, k: int) -> tuple[float, float]:
@@ -335,7 +280,7 @@ class Model:
             won, c = yield from self._try_once(run, keys, c)
             if won is not None:
                 if run.mechanism is None:
-                    run.mechanism = "polling"
+                    run.mechanism = Mechanism.POLLING
                 return won, c
             sleep, cur = self.next_sleep(run, cur, k)
             k += 1
@@ -344,7 +289,7 @@ class Model:
 
     # -- event-driven path -------------------------------------------------------------------------
     def channel(self, key: str) -> str:
-        return f"gpu_lock:{key}"
+        return channel_for(key)
 
     def _acquire_event(self, run: TaskRun, keys: list[tuple[str, int]],
                        start: float) -> Generator[Event, Any, tuple[tuple[str, int] | None, float]]:
@@ -355,7 +300,7 @@ class Model:
         if won is not None:
             for key, _ in keys:
                 self.pending_sub[key].discard(run.task.index)
-            run.mechanism = "immediate"
+            run.mechanism = Mechanism.IMMEDIATE
             return won, c
         # SUBSCRIBE is sent after some client-side work and takes effect when it reaches the
         # server: a release published before then is never seen (the lost wake-up window).
@@ -382,7 +327,7 @@ class Model:
             run.event_wakeups += 1
             won, c = yield from self._try_once(run, keys, c)
             if won is not None:
-                run.mechanism = "event"
+                run.mechanism = Mechanism.EVENT
                 break
             run.flag = False  # wait_event.clear(): messages that came during the try are lost
         if won is None:
@@ -403,7 +348,7 @@ class Model:
         t = pub_t + self.h
         if self.wake_jitter > 0:
             if run.delivery_state < 0:
-                run.delivery_state = task_state(self.delivery_key, run.task.index)
+                run.delivery_state = stream_state(self.delivery_key, run.task.index)
             t = t + self.wake_jitter * uniform(run.delivery_state, run.deliveries)
             run.deliveries += 1
         self.env.at(t, run.prio).callbacks.append(lambda ev: self._message(run, t))
@@ -422,10 +367,10 @@ class Model:
         key = run.acquired_key
         e = run.gpu_end_s + h
         yield env.at(e, run.prio)
-        ok, holder = srv.eval_compare_and_delete(key, run.owner, e, run.prio, run.task.index)
+        ok, holder = srv.eval_compare_and_delete(key, run.owner, e, run.task.index)
         c = e + h
         if ok:
-            run.release = "owner"
+            run.release = Release.OWNER
             run.deleted_other = holder != run.task.index
             pub = c + h
             yield env.at(pub, run.prio)
@@ -434,7 +379,7 @@ class Model:
             for sub in srv.publish(self.channel(key), pub, run.task.index):
                 sub.deliver(pub)
             return pub + h
-        run.release = "not_owner"
+        run.release = Release.NOT_OWNER
         g = c + h
         yield env.at(g, run.prio)
         srv.get(key, g, run.task.index)  # read the current value for the log line
@@ -443,7 +388,7 @@ class Model:
             return c
         d = c + h
         yield env.at(d, run.prio)
-        if srv.delete(key, d, run.prio, run.task.index, "emergency_deleted") >= 0:
+        if srv.delete(key, d, run.task.index, HoldEnd.EMERGENCY_DELETED) >= 0:
             run.deleted_other = True
         return d + h
 
@@ -471,7 +416,7 @@ class Model:
                     if age < mp.hard:
                         srv.count("EXISTS", t)
                     srv.count("GET", t)
-                    srv.delete(key, t, prio, None, "monitor_deleted")
+                    srv.delete(key, t, None, HoldEnd.MONITOR_DELETED)
                 elif age >= mp.soft:
                     srv.count("EXISTS", t)
 
@@ -490,8 +435,9 @@ class Model:
             if hold is not None and run.gpu_end_s is not None and hold.end_s < run.gpu_end_s \
                     and hold.ended_by != run.task.index:
                 lost_s = hold.end_s
-                lost_reason = {"expired": "expired", "released": "released_by_other"}.get(
-                    hold.end_reason, "deleted")
+                lost_reason = {HoldEnd.EXPIRED: LostReason.EXPIRED,
+                               HoldEnd.RELEASED: LostReason.RELEASED_BY_OTHER}.get(
+                    hold.end_reason, LostReason.DELETED)
             records.append(TaskRecord(
                 index=run.task.index, task_id=run.task.task_id, task_type=run.task.task_type,
                 node=self.node_names[run.node], gpu=run.gpu, arrival_s=run.task.arrival_s /

@@ -98,8 +98,8 @@ def validate(
     """Replay a trace against a real Redis, simulate it, and judge the model (PASS/FAIL)."""
     from gpusim.cluster import load_cluster
     from gpusim.config import load_lock_settings
-    from gpusim.trace import load_trace
-    from gpusim.validate import (CudaUnavailable, RedisDiedDuringRun, RedisUnavailable,
+    from gpusim.traces.format import load_trace
+    from gpusim.real.validate import (CudaUnavailable, RedisDiedDuringRun, RedisUnavailable,
                                  validate as run_validation)
 
     if runs < 1 or seeds < 1:
@@ -179,8 +179,8 @@ def calibrate_redis(
                         "(for an otherwise idle Redis)")] = None,
 ) -> None:
     """Measure Redis CPU per lock command and the client round trip (a few seconds)."""
-    from gpusim.calibrate import CalibrationError, calibrate_redis as run_cal
-    from gpusim.redis_server import PrivateRedis
+    from gpusim.real.calibrate import CalibrationError, calibrate_redis as run_cal
+    from gpusim.real.server import PrivateRedis
 
     if seconds <= 0 or seconds > 10:
         raise _error("--seconds must be in (0, 10]", EXIT_BAD_INPUT)

@@ -45,21 +45,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gpusim.config import GpuLockConfig
+from gpusim.protocol import BACKOFF_FACTOR, RELEASE_SCRIPT, channel_for, owner_value
 
-__all__ = ["LockParams", "AcquireResult", "LockClient", "RELEASE_SCRIPT", "channel_for",
-           "ttl_args"]
-
-# Compare-and-delete: the GET and DEL run inside Redis (INFO commandstats counts both).
-RELEASE_SCRIPT = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "redis.call('del', KEYS[1]) return 1 else return 0 end"
-)
-
-
-def channel_for(lock_key: str) -> str:
-    """Pub/Sub channel YiVideo publishes releases on: ``gpu_lock:{lock_key}``."""
-    return f"gpu_lock:{lock_key}"
-
+__all__ = ["LockParams", "AcquireResult", "LockClient", "ttl_args"]
 
 def ttl_args(ttl_s: float) -> dict[str, int]:
     """``{'ex': n}`` for a whole number of seconds, else ``{'px': ms}`` (at least 1 ms)."""
@@ -197,8 +185,8 @@ class LockClient:
         if self.unique_owner_token:
             if token is None:
                 raise ValueError("unique_owner_token needs a per-task token")
-            return f"locked_by_{task_type}#{token}"
-        return f"locked_by_{task_type}"
+            return owner_value(task_type, token)
+        return owner_value(task_type)
 
     # -- one try: GET, then SET NX EX if the key looked free ------------------------------
     def try_acquire(self, key: str, value: str) -> tuple[bool, int]:
@@ -250,7 +238,7 @@ class LockClient:
                 res.mechanism = "polling"
                 return True
             if p.exponential_backoff:
-                cur = min(cur * 1.5, p.max_poll_interval)
+                cur = min(cur * BACKOFF_FACTOR, p.max_poll_interval)
                 u = self._uniform_at(k) if self._uniform_at is not None else self._uniform()
                 want = cur * (0.8 + 0.4 * u)
                 k += 1

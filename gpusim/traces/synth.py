@@ -3,7 +3,7 @@
 Two entry points:
 
 - :func:`synthesize` turns a :class:`SynthSpec` (hours, GPUs, nodes, load, arrival process,
-  task-type mix with per-type hold-time distributions) into a :class:`~gpusim.trace.Trace`;
+  task-type mix with per-type hold-time distributions) into a :class:`~gpusim.traces.format.Trace`;
 - :func:`synthesize_poisson` makes the plain single-type M/G/c traces that queueing-theory
   tests compare against formulas.
 
@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpusim.errors import InputError, InputErrors
-from gpusim.trace import Trace, make_trace
+from gpusim.traces.format import Trace, make_trace
 
 STREAMS = ("arrivals", "types", "durations", "placement", "crashes")
 DEFAULT_LOAD = 0.5

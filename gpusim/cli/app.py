@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from gpusim.cli.common import ExitCode, bad_input, out
 from gpusim.cluster import Cluster, default_cluster, load_cluster
 from gpusim.config import load_lock_settings
 from gpusim.errors import InputError
 
 app = typer.Typer(help="Simulate YiVideo's Redis GPU lock on recorded traces.",
                   no_args_is_help=True, add_completion=False)
-
-
-class _Consoles:
-    """Rich consoles made at print time (tests swap stdout); wide when output is not a tty."""
-
-    @property
-    def out(self) -> Console:
-        return Console(width=None if sys.stdout.isatty() else 140)
-
-    @property
-    def err(self) -> Console:
-        return Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-
-
-_consoles = _Consoles()
-
-EXIT_FAIL = 1
-EXIT_BAD_INPUT = 2
-
-
-def bad_input(e: InputError) -> typer.Exit:
-    _consoles.err.print(f"[bold red]error:[/] {escape(e.render())}", highlight=False,
-                        soft_wrap=True)
-    return typer.Exit(EXIT_BAD_INPUT)
 
 
 def _cluster(path: Optional[Path], options: list[str]) -> Cluster:
@@ -99,7 +73,7 @@ def print_result(res, title: str) -> None:  # noqa: ANN001 - SimulationResult
         t.add_row(key, _fmt(m.get(key)), f"[{_fmt(c[0])}, {_fmt(c[1])}]" if c else "")
     cmds = m["redis_commands"]
     t.add_row("redis commands", " ".join(f"{k}={_fmt(v)}" for k, v in cmds.items() if v), "")
-    _consoles.out.print(t)
+    out().print(t)
     bt = Table(title="by task type")
     cols = ("tasks", "success_rate", "timeout_rate", "wait_mean_s", "wait_p95_s",
             "latency_mean_s")
@@ -108,7 +82,7 @@ def print_result(res, title: str) -> None:  # noqa: ANN001 - SimulationResult
         bt.add_column(c, justify="right")
     for ttype, tm in res.by_task_type.items():
         bt.add_row(ttype, *(_fmt(tm.get(c)) for c in cols))
-    _consoles.out.print(bt)
+    out().print(bt)
 
 
 @app.command()
@@ -126,16 +100,16 @@ def simulate(
     records: Annotated[Optional[Path], typer.Option(help="Write per-task records (JSONL)")] = None,
 ) -> None:
     """Replay TRACE under one gpu_lock config and report waits, timeouts, safety, Redis load."""
-    from gpusim.engine import records_jsonl, simulate as run
+    from gpusim.simulation import records_jsonl, simulate as run
     from gpusim.output import atomic_write_text
-    from gpusim.trace import load_trace
+    from gpusim.traces.format import load_trace
     try:
         tr = load_trace(trace)
         settings = load_lock_settings(config)
         cl = _cluster(cluster, option)
         res = run(tr, settings, cl, seed=seed, replications=replications, engine=engine,
                   jobs=jobs)
-        print_result(res, f"{trace} under {config}")
+        # results first: a closed stdout (`| head`) or a Ctrl-C while printing loses nothing
         if json_out is not None:
             atomic_write_text(json_out, res.dumps())
         if records is not None:
@@ -143,6 +117,7 @@ def simulate(
                                                for r in res.replications))
     except InputError as e:
         raise bad_input(e) from None
+    print_result(res, f"{trace} under {config}")
 
 
 @app.command()
@@ -162,30 +137,31 @@ def compare(
     """Replay TRACE under both configs (common random numbers) and apply the spec's gates.
 
     Exit code 0 when every gate passes, 1 when any fails, 2 on bad input."""
-    from advisor.thresholds import load_thresholds
-    from gpusim.compare import compare_json, judge, summary_rows
-    from gpusim.engine import simulate as run
+    from gpusim.acceptance import load_thresholds, summary_rows
+    from gpusim.compare import compare as run
     from gpusim.output import atomic_write_text
-    from gpusim.trace import load_trace
+    from gpusim.traces.format import load_trace
     try:
         tr = load_trace(trace)
         base_s = load_lock_settings(baseline)
         cand_s = load_lock_settings(candidate)
         th = load_thresholds(thresholds)
         cl = _cluster(cluster, option)
-        kw = dict(seed=seed, replications=replications, engine=engine, jobs=jobs)
-        base = run(tr, base_s, cl, **kw)
-        cand = run(tr, cand_s, cl, **kw)
+        cmp_ = run(tr, base_s, cand_s, cl, th, seed=seed, replications=replications,
+                   engine=engine, jobs=jobs)
+        if json_out is not None:
+            atomic_write_text(json_out, cmp_.dumps())
     except InputError as e:
         raise bad_input(e) from None
+    base, cand = cmp_.baseline, cmp_.candidate
     side = Table(title=f"{trace}: baseline {baseline} vs candidate {candidate}")
     side.add_column("metric")
     side.add_column("baseline", justify="right")
     side.add_column("candidate", justify="right")
     for k, b, c in summary_rows(base, cand):
         side.add_row(k, _fmt(b), _fmt(c))
-    _consoles.out.print(side)
-    rows = judge(base, cand, th)
+    out().print(side)
+    rows = cmp_.criteria
     t = Table(title="acceptance (GPU_LOCK_CONFIG_001)")
     for col in ("criterion", "value", "95% CI", "threshold", "margin", "result"):
         t.add_column(col, justify="left" if col == "criterion" else "right")
@@ -194,30 +170,17 @@ def compare(
                   f"[{_fmt(r.ci95[0])}, {_fmt(r.ci95[1])}]" if r.ci95 else "",
                   f"{r.op} {_fmt(r.threshold)}", _fmt(r.margin),
                   "[green]PASS[/]" if r.passed else "[red]FAIL[/]")
-    _consoles.out.print(t)
-    if json_out is not None:
-        try:
-            atomic_write_text(json_out, compare_json(base, cand, th, rows))
-        except InputError as e:
-            raise bad_input(e) from None
-    passed = all(r.passed for r in rows)
-    _consoles.out.print("[green]all gates pass[/]" if passed else "[red]at least one gate fails[/]")
-    raise typer.Exit(0 if passed else EXIT_FAIL)
+    out().print(t)
+    passed = cmp_.passed
+    out().print("[green]all gates pass[/]" if passed else "[red]at least one gate fails[/]")
+    raise typer.Exit(ExitCode.OK if passed else ExitCode.FAIL)
 
 
 def _mount_subcommands() -> None:
-    from gpusim.cli_trace import trace_app
+    from gpusim.cli.trace import trace_app
     app.add_typer(trace_app, name="trace", help="Make, import and check traces.")
-    from gpusim.cli_redis import register
+    from gpusim.cli.real import register
     register(app)
 
 
 _mount_subcommands()
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

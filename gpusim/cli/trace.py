@@ -16,9 +16,9 @@ import typer
 from pydantic import ValidationError
 
 from gpusim.errors import InputError
-from gpusim.synth import SynthSpec, load_spec, spec_errors, synthesize
-from gpusim.trace import Trace, trace_format, write_rows, write_trace
-from gpusim.trace_import import DURATION_UNITS, import_csv, parse_mapping
+from gpusim.traces.synth import SynthSpec, load_spec, spec_errors, synthesize
+from gpusim.traces.format import Trace, trace_format, write_rows, write_trace
+from gpusim.traces.csv_import import DURATION_UNITS, import_csv, parse_mapping
 
 trace_app = typer.Typer(help="Make and convert GPU task traces (synthetic workloads, CSV import).",
                         no_args_is_help=True)

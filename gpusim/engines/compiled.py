@@ -1,6 +1,6 @@
 """The compiled engine (`--engine fast`, the default): the reference model as a numba state machine.
 
-It is gpusim.model (the executable specification) transcribed, generator by generator, into one
+It is gpusim.model.reference (the executable specification) transcribed, generator by generator, into one
 compiled event loop over arrays: the same events, at the same (time, priority, insertion) order,
 with the same floating-point operations in the same order and the same counter-based random
 streams, so it writes bit-identical records (tests/test_differential.py holds it to that).
@@ -28,10 +28,13 @@ from numba import njit
 
 from gpusim.cluster import COMMANDS, Cluster
 from gpusim.config import LockSettings
-from gpusim.model import PRIO_TASK0, LockParams, MonitorParams, check_one_per_node
-from gpusim.records import RunLog, HoldTable, TaskTable
-from gpusim.rng import GAMMA, JITTER_LO, JITTER_SPAN, TASK_SALT, stream_key
-from gpusim.trace import Trace
+from gpusim.model.params import PRIO_TASK0, LockParams, MonitorParams, check_one_per_node
+from gpusim.records import (HOLD_REASONS, LOST_REASONS, MECHANISMS, OUTCOMES, RELEASES, HoldEnd,
+                            HoldTable, LostReason, Mechanism, Outcome, Release, RunLog, TaskTable)
+from gpusim.protocol import BACKOFF_FACTOR, lock_key
+from gpusim.rng import jitter_factor, stream_key, task_state, uniform
+from gpusim.timebins import MINUTE_S, minute_of
+from gpusim.traces.format import Trace
 
 C_GET, C_SET, C_EVAL, C_DEL, C_PUBLISH, C_SUBSCRIBE, C_UNSUBSCRIBE, C_TTL, C_EXISTS = range(9)
 assert COMMANDS == ("GET", "SET", "EVAL", "DEL", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "TTL",
@@ -39,7 +42,7 @@ assert COMMANDS == ("GET", "SET", "EVAL", "DEL", "PUBLISH", "SUBSCRIBE", "UNSUBS
 
 # event kinds
 E_ARRIVAL, E_RESUME, E_SUB, E_UNSUB, E_WAKE, E_MSG, E_MONITOR = range(7)
-# resume points (where a task's generator is suspended in gpusim.model)
+# resume points (where a task's generator is suspended in gpusim.model.reference)
 P_INIT, P_SLOT, P_GET, P_SET, P_EV_WOKE, P_FINISH, P_GPU_DONE, P_EVAL, P_PUB, P_REL_GET, \
     P_REL_DEL = range(11)
 # internal steps (no event between them)
@@ -47,40 +50,21 @@ Q_SETUP, Q_POLL_TOP, Q_TRY_START, Q_TRY_KEY, Q_TRY_NEXT, Q_TRY_WON, Q_TRY_FAIL, 
     Q_FALLBACK, Q_EV_END, Q_AFTER, Q_WOKE, Q_YIELD = range(100, 113)
 # try contexts
 X_POLL, X_EV_FIRST, X_EV_WOKEN, X_EV_POLL = range(4)
-# hold end reasons (gpusim.records.HOLD_REASONS)
-H_RELEASED, H_EXPIRED, H_EMERGENCY, H_MONITOR, H_OPEN = range(5)
+# record codes: positions in gpusim.records' enums
+O_ACQUIRED, O_CRASHED, O_TIMEOUT = (OUTCOMES.index(o) for o in
+                                    (Outcome.ACQUIRED, Outcome.CRASHED, Outcome.TIMEOUT))
+M_IMMEDIATE, M_EVENT, M_POLLING = (MECHANISMS.index(m) for m in
+                                   (Mechanism.IMMEDIATE, Mechanism.EVENT, Mechanism.POLLING))
+R_OWNER, R_NOT_OWNER = RELEASES.index(Release.OWNER), RELEASES.index(Release.NOT_OWNER)
+L_EXPIRED, L_RELEASED_BY_OTHER, L_DELETED = (
+    LOST_REASONS.index(r) for r in
+    (LostReason.EXPIRED, LostReason.RELEASED_BY_OTHER, LostReason.DELETED))
+H_RELEASED, H_EXPIRED, H_EMERGENCY, H_MONITOR, H_OPEN = (
+    HOLD_REASONS.index(r) for r in (HoldEnd.RELEASED, HoldEnd.EXPIRED, HoldEnd.EMERGENCY_DELETED,
+                                    HoldEnd.MONITOR_DELETED, HoldEnd.OPEN))
 POLICIES = {"pinned": 0, "round_robin": 1, "probe_all": 2}
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GAMMA = np.uint64(GAMMA)
-_SALT = np.uint64(TASK_SALT)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_U53 = 2.0 ** -53
 _INF = math.inf
-
-
-@njit(cache=True, inline="always")
-def _mix(z):
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-@njit(cache=True)
-def _task_state(key, i):
-    return _mix(key ^ _mix(np.uint64(i) * _SALT + _GAMMA))
-
-
-@njit(cache=True, inline="always")
-def _uniform(state, k):
-    return np.float64(_mix(state + np.uint64(k + 1) * _GAMMA) >> _S11) * _U53
-
-
-@njit(cache=True, inline="always")
-def _minute_of(t):
-    """The per-minute bin of server time t, as the reference computes it: int(t // 60.0)."""
-    return int(t // 60.0)
 
 
 @njit(cache=True, inline="always")
@@ -88,7 +72,7 @@ def _count(MC, commands, cstats, cmd, t, max_minute):
     """One client command at server time t: totals, INFO commandstats, its minute's count."""
     commands[cmd] += 1
     cstats[cmd] += 1
-    row = _minute_of(t)
+    row = minute_of(t)
     MC = _grow_rows(MC, row)
     MC[row, cmd] += 1
     return MC, max(max_minute, row)
@@ -453,7 +437,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
             elif step == Q_SETUP:
                 nd = node[i]
                 slot_s[i] = now
-                jstate[i] = _task_state(jkey, i)
+                jstate[i] = task_state(jkey, i)
                 if policy == 2:
                     nk_[i] = node_gpus[nd]
                     ksel_[i] = -1
@@ -569,7 +553,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 won_[i] = True
                 if x == X_POLL or x == X_EV_POLL:
                     if mech[i] < 0:
-                        mech[i] = 2
+                        mech[i] = M_POLLING
                     step = Q_AFTER if x == X_POLL else Q_EV_END
                 elif x == X_EV_FIRST:
                     for m in range(nk_[i]):
@@ -578,19 +562,18 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                             K = _key_at(keymap, node, ksel_, i, m)
                             pin[sid] = False
                             _unlink(phead, pnext, pprev, sid, K)
-                    mech[i] = 0
+                    mech[i] = M_IMMEDIATE
                     step = Q_AFTER
                 else:
-                    mech[i] = 1
+                    mech[i] = M_EVENT
                     step = Q_EV_END
             elif step == Q_TRY_FAIL:
                 x = ctx_[i]
                 nd = node[i]
                 if x == X_POLL or x == X_EV_POLL:
                     if p_backoff[nd]:
-                        cur_[i] = min(cur_[i] * 1.5, p_maxpoll[nd])
-                        sleep = cur_[i] * (JITTER_LO + JITTER_SPAN
-                                           * _uniform(jstate[i], kk_[i]))
+                        cur_[i] = min(cur_[i] * BACKOFF_FACTOR, p_maxpoll[nd])
+                        sleep = cur_[i] * jitter_factor(uniform(jstate[i], kk_[i]))
                     else:
                         sleep = p_poll[nd]
                     kk_[i] += 1
@@ -648,7 +631,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 c = c_[i]
                 wait_s[i] = c - start_[i]
                 if not won_[i]:
-                    outcome[i] = 2
+                    outcome[i] = O_TIMEOUT
                     H, hsize, seq = _push(H, hsize, seq, c, prio, E_RESUME, i, 0, np.nan)
                     pc[i] = P_FINISH
                     break
@@ -666,11 +649,11 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 break
             elif step == P_GPU_DONE:
                 if crashed[i]:
-                    outcome[i] = 1
+                    outcome[i] = O_CRASHED
                     step = P_FINISH
                     now = gpu_end[i]
                     continue
-                outcome[i] = 0
+                outcome[i] = O_ACQUIRED
                 e = gpu_end[i] + h
                 g_[i] = e
                 H, hsize, seq = _push(H, hsize, seq, e, prio, E_RESUME, i, 0, np.nan)
@@ -687,13 +670,13 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     cstats[C_DEL] += 1
                     holder = kholder[K]
                     HL, hn = _end_hold(HL, hn, kval, kholder, kset, K, e, H_RELEASED, i)
-                    release[i] = 0
+                    release[i] = R_OWNER
                     deleted_other[i] = holder != i
                     done_touching = True
                     nxt_t = c + h
                     pc[i] = P_PUB
                 else:
-                    release[i] = 1
+                    release[i] = R_NOT_OWNER
                     nxt_t = c + h
                     done_touching = not emergency
                     if emergency:
@@ -721,9 +704,9 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     t = pub + h
                     if wake_jitter > 0:
                         if not dmade[j]:
-                            dstate[j] = _task_state(dkey, j)
+                            dstate[j] = task_state(dkey, j)
                             dmade[j] = True
-                        t = t + wake_jitter * _uniform(dstate[j], ndeliv[j])
+                        t = t + wake_jitter * uniform(dstate[j], ndeliv[j])
                         ndeliv[j] += 1
                     H, hsize, seq = _push(H, hsize, seq, t, float(PRIO_TASK0 + j), E_MSG, j, 0,
                                           t)
@@ -731,7 +714,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                     sid = cnext[sid]
                 deliveries += nsub
                 if nsub > 0:
-                    row = _minute_of(pub)
+                    row = minute_of(pub)
                     MD = _grow_rows(MD, row)
                     MD[row, 0] += nsub
                 H, hsize, seq = _push(H, hsize, seq, pub + h, prio, E_RESUME, i, 0, np.nan)
@@ -812,7 +795,8 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
                 and int(HL[q, 5]) != i:
             lost_s[i] = HL[q, 3]
             r = int(HL[q, 4])
-            lost_reason[i] = 0 if r == H_EXPIRED else (1 if r == H_RELEASED else 2)
+            lost_reason[i] = (L_EXPIRED if r == H_EXPIRED else
+                              (L_RELEASED_BY_OTHER if r == H_RELEASED else L_DELETED))
     return (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts,
             gets, sets, wakeups, fell_back, missed, release, deleted_other, lost_s,
             lost_reason, commands, cstats, deliveries, MC[:max_minute + 1],
@@ -820,7 +804,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
 
 
 class CompiledModel:
-    """Same constructor and `run()` contract as gpusim.model.Model."""
+    """Same constructor and `run()` contract as gpusim.model.reference.Model."""
 
     engine_name = "fast"
 
@@ -858,8 +842,7 @@ class CompiledModel:
         names: dict[str, int] = {}
         for nd in nodes:
             for g in range(nd.gpus):
-                name = (f"gpu_lock:{g}" if cluster.options.shared_keys_across_nodes
-                        else f"{nd.name}/gpu_lock:{g}")
+                name = lock_key(nd.name, g, shared=cluster.options.shared_keys_across_nodes)
                 keymap[nd.index, g] = names.setdefault(name, len(names))
         key_names = sorted(names, key=names.__getitem__)
         key_order = np.array([names[k] for k in sorted(names)], np.int64)
@@ -905,7 +888,7 @@ class CompiledModel:
                                holds[:, 4].astype(np.int64), holds[:, 5].astype(np.int64),
                                key_names)
         # the reference sizes the per-minute arrays to the horizon's minute at least
-        rows = max(int(horizon // 60.0) + 1, len(mc))
+        rows = max(int(horizon // MINUTE_S) + 1, len(mc))
         minute_cmds = np.zeros((rows, len(COMMANDS)), np.int64)
         minute_cmds[:len(mc)] = mc
         minute_dels = np.zeros(rows, np.int64)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpusim.errors import InputError
-from gpusim.trace import (
+from gpusim.traces.format import (
     Trace,
     file_stem,
     parse_timestamp,

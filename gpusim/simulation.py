@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -11,29 +10,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gpusim import __version__
+from gpusim.version import __version__
 from gpusim.cluster import Cluster, default_cluster
 from gpusim.config import GpuLockConfig, LockSettings
 from gpusim.errors import InputError
-from gpusim.metrics import by_task_type, combine, run_metrics
-from gpusim.model import Model
-from gpusim.records import RunLog, TaskRecord, TaskTable
-from gpusim.trace import Trace
+from gpusim.engines import engine_class
+from gpusim.engines.replication import ReplicationResult, run_replication
+from gpusim.output import jsonable
+from gpusim.records import TaskRecord
+from gpusim.stats import combine
+from gpusim.traces.format import Trace
 
 RESULT_SCHEMA = "gpusim.result/1"
-ENGINES = ("fast", "reference", "parked")
-
-
-@dataclass(frozen=True)
-class ReplicationResult:
-    replication: int
-    log: RunLog
-    metrics: dict[str, Any]
-    by_task_type: dict[str, dict[str, Any]]
-
-    @property
-    def records(self) -> tuple[TaskRecord, ...]:
-        return self.log.records
 
 
 @dataclass(frozen=True)
@@ -59,17 +47,14 @@ class SimulationResult:
         return json.dumps(self.to_json(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def jsonable(x: Any) -> Any:
-    """Plain JSON types; NaN/inf become null so the output is strict JSON."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+MAX_SEED = 2 ** 64 - 1
+
+
+def check_seed(seed: int) -> None:
+    """Seeds are non-negative integers below 2**64 (numpy's SeedSequence entropy)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"must be an integer from 0 to 2**64-1, got {seed!r}", field="seed")
 
 
 def as_settings(settings: LockSettings | GpuLockConfig) -> LockSettings:
@@ -120,42 +105,13 @@ def trace_digest(trace: Trace) -> str:
     return h.hexdigest()
 
 
-def node_settings(cluster: Cluster, settings: LockSettings) -> list[LockSettings]:
-    return [n.settings or settings for n in cluster.nodes]
-
-
-def run_replication(trace: Trace, cluster: Cluster, settings: LockSettings, *, seed: int,
-                    replication: int, engine: str = "reference",
-                    time_scale: float = 1.0) -> ReplicationResult:
-    model_cls = engine_class(engine)
-    model = model_cls(trace, cluster, node_settings(cluster, settings), seed=seed,
-                      replication=replication, time_scale=time_scale)
-    log = model.run()
-    # the Python engines write record objects: turn them into columns once, for both calls
-    log = dataclasses.replace(log, records=TaskTable.from_records(log.records))
-    return ReplicationResult(replication, log, run_metrics(log, cluster.redis),
-                             by_task_type(log.records))
-
-
-def engine_class(engine: str) -> type[Model]:
-    if engine == "reference":
-        return Model
-    if engine == "fast":
-        from gpusim.engine_compiled import CompiledModel
-        return CompiledModel  # type: ignore[return-value]
-    if engine == "parked":
-        from gpusim.engine_parked import ParkedModel
-        return ParkedModel
-    raise InputError(f"unknown engine '{engine}' (choose {', '.join(ENGINES)})",
-                     field="engine")
-
-
 def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
              cluster: Cluster | None = None, *, seed: int = 0, replications: int = 1,
              engine: str = "fast", time_scale: float = 1.0,
              jobs: int = 1) -> SimulationResult:
     """Replay `trace` under `settings` on `cluster`, `replications` times with seeds derived
     from `seed`; replication r uses the same random streams whatever the config (CRN)."""
+    check_seed(seed)
     if replications < 1:
         raise InputError("must be >= 1", field="replications")
     if not (time_scale > 0 and math.isfinite(time_scale)):
@@ -189,7 +145,7 @@ def _run_all(trace: Trace, cluster: Cluster, settings: LockSettings, seed: int,
         return [run_replication(trace, cluster, settings, seed=seed, replication=r,
                                 engine=engine, time_scale=time_scale)
                 for r in range(replications)]
-    from gpusim.parallel import run_parallel
+    from gpusim.engines.parallel import run_parallel
     return run_parallel(trace, cluster, settings, seed, replications, engine, time_scale, jobs)
 
 

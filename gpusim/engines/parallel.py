@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gpusim.cluster import Cluster
     from gpusim.config import LockSettings
-    from gpusim.engine import ReplicationResult
-    from gpusim.trace import Trace
+    from gpusim.engines.replication import ReplicationResult
+    from gpusim.traces.format import Trace
 
 _shared: dict = {}
 
@@ -21,7 +21,7 @@ def _init(trace: "Trace", cluster: "Cluster", settings: "LockSettings") -> None:
 
 
 def _one(args: tuple[int, int, str, float]) -> "ReplicationResult":
-    from gpusim.engine import run_replication
+    from gpusim.engines.replication import run_replication
     seed, rep, engine, time_scale = args
     return run_replication(_shared["trace"], _shared["cluster"], _shared["settings"],
                            seed=seed, replication=rep, engine=engine, time_scale=time_scale)

@@ -1,0 +1,5 @@
+"""`python -m gpusim ...` is the `gpusim` command."""
+
+from gpusim.cli import main
+
+main()
