@@ -21,8 +21,13 @@ counted (per task, per command, per minute). In the event-driven path every comm
 from __future__ import annotations
 
 import math
-from typing import Any
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -63,6 +68,10 @@ H_RELEASED, H_EXPIRED, H_EMERGENCY, H_MONITOR, H_OPEN = (
     HOLD_REASONS.index(r) for r in (HoldEnd.RELEASED, HoldEnd.EXPIRED, HoldEnd.EMERGENCY_DELETED,
                                     HoldEnd.MONITOR_DELETED, HoldEnd.OPEN))
 POLICIES = {"pinned": 0, "round_robin": 1, "probe_all": 2}
+# The event loop reads its stop flag every STOP_CHECK_EVERY events (a power of two): about a
+# millisecond of work, so a Ctrl-C ends it at once, and a test-and-branch too rare to measure.
+STOP_CHECK_EVERY = 1 << 16
+_STOP_MASK = STOP_CHECK_EVERY - 1
 
 _INF = math.inf
 
@@ -232,12 +241,15 @@ def _grow_holds(HL, n):
     return G
 
 
-@njit(cache=True)
+# nogil: the loop runs in a worker thread while the main thread waits, interruptibly, for it
+@njit(cache=True, nogil=True)
 def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
               n_nodes, node_gpus, keymap, n_keys, key_order,
               p_poll, p_maxwait, p_ttl, p_backoff, p_maxpoll, p_event, p_fallback,
               workers, policy, h, sub_delay, wake_jitter, jkey, dkey,
-              emergency, monitor, m_interval, m_soft, m_hard, m_hb):
+              emergency, monitor, m_interval, m_soft, m_hard, m_hb, stop):
+    """The whole run; `stop` (int64[1]) nonzero makes it return early with partial state
+    (within STOP_CHECK_EVERY events), which the caller must discard."""
     n = arr.shape[0]
     maxk = keymap.shape[1] if policy == 2 else 1
     # ---- per-task state and results
@@ -340,6 +352,8 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of,
 
     n_events = 0
     while hsize > 0:
+        if (n_events & _STOP_MASK) == 0 and stop[0] != 0:
+            break
         hsize = _pop(H, hsize, ev)
         n_events += 1
         now = ev[0]
@@ -871,7 +885,7 @@ class CompiledModel:
         args, ttype, arr, types, key_names = self._inputs()
         (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts, gets,
          sets, wakeups, fell_back, missed, release, deleted_other, lost_s, lost_reason,
-         commands, cstats, deliveries, mc, md, holds, horizon, n_events) = _simulate(*args)
+         commands, cstats, deliveries, mc, md, holds, horizon, n_events) = run_interruptibly(args)
         self.events_processed = int(n_events)
         n = len(arr)
         cols = {"index": np.arange(n, dtype=np.int64), "node": node, "gpu": gpu,
@@ -899,6 +913,94 @@ class CompiledModel:
                       commandstats={c: int(cstats[i]) for i, c in enumerate(COMMANDS)},
                       deliveries=int(deliveries), minute_commands=minute_cmds,
                       minute_deliveries=minute_dels, gpus=gpus, horizon_s=float(horizon))
+
+
+def run_interruptibly(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`_simulate(*args)` such that Ctrl-C raises KeyboardInterrupt here, within milliseconds.
+
+    Called directly, compiled code cannot run Python's signal handler: the pending SIGINT fires
+    in the first bytecode run after the loop, which is numba boxing the result tuple (it
+    unpickles a constant through Python). The exception lands mid-boxing, the tuple comes back
+    with NULL items and the caller segfaults. So the loop runs in a worker thread (signal
+    handlers run only in the main thread) without the GIL, the main thread waits on an Event in
+    timed steps, which Ctrl-C interrupts, and then tells the loop to stop through a flag it
+    polls; the partial result is dropped and KeyboardInterrupt re-raised."""
+    # load (or compile) the machine code here, where Ctrl-C interrupts plain Python
+    stop = np.zeros(1, np.int64)
+    args = (*args, stop)
+    _simulate.compile(tuple(numba.typeof(a) for a in args))
+    out: dict[str, Any] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        _name_os_thread(b"gpusim-engine")
+        try:
+            out["result"] = _simulate(*args)
+        except BaseException as e:  # handed to the caller's thread
+            out["error"] = e
+        finally:
+            done.set()
+
+    # Waiting on an Event, not Thread.join: on Python 3.11 a Ctrl-C inside join() marks a
+    # thread that still runs as stopped (bpo-45274's handler), so join could not wait again.
+    worker = threading.Thread(target=work, name="gpusim-fast-engine", daemon=True)
+    started = False
+    try:
+        with _sigint_deferred():  # no Ctrl-C between starting the thread and knowing it
+            worker.start()
+            started = True
+        while not done.wait(0.5):  # a timed wait: interruptible on every platform
+            pass
+    except KeyboardInterrupt:
+        stop[0] = 1
+        if started:
+            _wait_anyway(done, worker)
+        raise
+    worker.join()  # it has set `done`: only its last few bytecodes are left
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends (main thread only; elsewhere none arrives)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or not callable(signal.getsignal(signal.SIGINT)):  # ignored, or not Python's
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        old(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+
+
+def _wait_anyway(done: threading.Event, worker: threading.Thread) -> None:
+    """Wait the few milliseconds the loop needs to see its stop flag, even through a second
+    Ctrl-C: no engine thread may outlive the call."""
+    while not done.is_set():
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+    try:
+        worker.join()
+    except KeyboardInterrupt:  # a third Ctrl-C: it is past its work, let it end on its own
+        pass
+
+
+def _name_os_thread(name: bytes) -> None:
+    """Name the calling OS thread (Linux): `top -H` shows it, and tests see the engine run."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None).prctl(15, name)  # PR_SET_NAME
+        except (OSError, AttributeError):
+            pass
 
 
 class _TaskIds:
