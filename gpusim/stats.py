@@ -36,3 +36,134 @@ def combine(per_rep: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str
         else:
             means[key], cis[key] = mean_ci(vals)
     return means, cis
+
+
+# ------------------------------------------------------------------------------------------
+# two-sample intervals on an error (sim - real, or sim / real - 1) and the verdict rule
+# ------------------------------------------------------------------------------------------
+# An interval is (error, low, high, note). kind "abs": the error is a difference in points;
+# kind "rel": relative to the reference (real) mean.
+Interval = tuple[float, float, float, str]
+
+WIDTH_GUARD = 3.0  # INCONCLUSIVE when an interval's half-width exceeds WIDTH_GUARD * tol
+BOOTSTRAP_REPS = 2000
+
+PASS, FAIL, INCONCLUSIVE, INFO, NA = "PASS", "FAIL", "INCONCLUSIVE", "INFO", "N/A"
+
+
+def welch_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
+    """Welch-type 95% interval on sim - real (abs) or sim/real - 1 (rel, delta method of the
+    ratio of means), carrying the spread of both sides with Welch-Satterthwaite degrees of
+    freedom. A side with one value borrows the other's per-sample variance (said in the note);
+    with one value on both sides the interval is the point."""
+    nr, ns = len(real), len(sim)
+    mr, ms = float(real.mean()), float(sim.mean())
+    vr = float(real.var(ddof=1)) if nr > 1 else None
+    vs = float(sim.var(ddof=1)) if ns > 1 else None
+    note = ""
+    if vr is None and vs is None:
+        vr = vs = 0.0
+        note = "one value per side: no spread, interval is the point"
+    elif vr is None:
+        vr, note = vs, "one real run: its spread is taken from the simulation's"
+    elif vs is None:
+        vs, note = vr, "one seed: its spread is taken from the real runs'"
+    if kind == "abs":
+        err = ms - mr
+        ar, as_ = vr / nr, vs / ns
+    else:
+        if mr == 0:
+            if ms == 0:
+                return 0.0, 0.0, 0.0, "both zero"
+            return math.inf, math.inf, math.inf, "real mean is zero"
+        err = ms / mr - 1.0
+        ar, as_ = (ms ** 2) * vr / nr / mr ** 4, vs / ns / mr ** 2
+    se = math.sqrt(ar + as_)
+    if se == 0:
+        return err, err, err, note
+    dof_den = (ar ** 2 / (nr - 1) if nr > 1 else 0.0) + (as_ ** 2 / (ns - 1) if ns > 1 else 0.0)
+    df = (ar + as_) ** 2 / dof_den if dof_den > 0 else max(1, nr + ns - 2)
+    t = float(stats.t.ppf(0.975, df))
+    return err, err - t * se, err + t * se, note
+
+
+def paired_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
+    """95% interval from pairs (real r, sim r) that share random numbers (common random
+    numbers): a t interval on the paired differences, for relative errors on the linearised
+    ratio ``(sim_r - R real_r) / mean(real)``, R = ratio of means. The differences carry both
+    sides' spread and their correlation. Fewer than two pairs: the Welch interval."""
+    n = len(real)
+    if n < 2:
+        return welch_interval(real, sim, kind)
+    mr, ms = float(real.mean()), float(sim.mean())
+    if kind == "abs":
+        err, z = ms - mr, sim - real
+    else:
+        if mr == 0:
+            if ms == 0:
+                return 0.0, 0.0, 0.0, "both zero"
+            return math.inf, math.inf, math.inf, "real mean is zero"
+        err = ms / mr - 1.0
+        z = (sim - (ms / mr) * real) / mr
+    se = float(z.std(ddof=1)) / math.sqrt(n)
+    if se == 0:
+        return err, err, err, "paired; identical pairs"
+    t = float(stats.t.ppf(0.975, n - 1))
+    return err, err - t * se, err + t * se, f"paired over {n} CRN pairs"
+
+
+def pooled_percentile_interval(real: Sequence[np.ndarray], sim: Sequence[np.ndarray], q: float,
+                               *, paired: bool = False, reps: int = BOOTSTRAP_REPS,
+                               seed: int = 0) -> tuple[float, float, Interval]:
+    """(real percentile, sim percentile, interval of sim / real - 1) of the pooled samples of
+    several clusters (runs, seeds): a 95% percentile cluster bootstrap that resamples whole
+    clusters (``paired``: the same indices on both sides, CRN pairs), so cluster-to-cluster
+    spread on both sides is carried. The resampling seed is fixed: same inputs, same interval."""
+    rng = np.random.default_rng(seed)
+    real_p = float(np.percentile(np.concatenate(real), q))
+    sim_p = float(np.percentile(np.concatenate(sim), q))
+    note = "pooled waits; cluster bootstrap over " + ("CRN pairs" if paired else "runs and seeds")
+    if real_p <= 0:
+        err = 0.0 if sim_p == real_p else math.inf
+        return real_p, sim_p, (err, err, err, note)
+    err = sim_p / real_p - 1.0
+    boot = np.empty(reps)
+    for b in range(reps):
+        ir = rng.integers(0, len(real), len(real))
+        is_ = ir if paired else rng.integers(0, len(sim), len(sim))
+        pr = np.percentile(np.concatenate([real[i] for i in ir]), q)
+        ps = np.percentile(np.concatenate([sim[i] for i in is_]), q)
+        boot[b] = (ps / pr - 1.0) if pr > 0 else math.inf
+    lo, hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
+    if len(real) < 2 or len(sim) < 2:
+        note += "; one run or seed: its spread is not carried"
+    return real_p, sim_p, (err, lo, hi, note)
+
+
+def verdict(lo: float, hi: float, tol: float | None) -> tuple[str, bool | None]:
+    """(verdict, equivalent) of an error's 95% interval [lo, hi] against the band [-tol, tol].
+
+    FAIL: the whole interval lies outside the band (or is not finite). INCONCLUSIVE: it
+    overlaps the band but its half-width exceeds WIDTH_GUARD x tol (too little data to judge;
+    never a free pass). PASS otherwise; ``equivalent`` when the interval lies inside the band.
+    INFO (not judged) when ``tol`` is None."""
+    if tol is None:
+        return INFO, None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return FAIL, False
+    if hi < -tol or lo > tol:
+        return FAIL, False
+    if (hi - lo) / 2 > WIDTH_GUARD * tol:
+        return INCONCLUSIVE, False
+    return PASS, (lo >= -tol and hi <= tol)
+
+
+def overall_verdict(verdicts: Sequence[str]) -> str:
+    """The verdict of a set of judged rows (INFO / N/A rows are ignored): FAIL when any FAILs,
+    INCONCLUSIVE when none FAILs but some are INCONCLUSIVE (or nothing was judged), else PASS."""
+    judged = [v for v in verdicts if v in (PASS, FAIL, INCONCLUSIVE)]
+    if FAIL in judged:
+        return FAIL
+    if not judged or INCONCLUSIVE in judged:
+        return INCONCLUSIVE
+    return PASS

@@ -135,12 +135,15 @@ def test_ttl_expiry_while_held_then_emergency_delete_of_other_holder(redis_serve
     params = LockParams(**{**FAST, "lock_timeout": 0.15}, use_event_driven=False)
     r = redis_server.client()
     with LockClient(redis_server.url, params) as a, LockClient(redis_server.url, params) as b:
+        t_set = time.monotonic()  # before A's SET PX 150 reaches Redis
         assert a.acquire(key, "long").acquired
         assert 0 < r.pttl(key) <= 150  # fractional TTL went out as PX
         # A still "runs" while its key expires; B acquires the same GPU (double occupancy).
         rb = b.acquire(key, "short")
         assert rb.acquired and rb.mechanism == "polling"
-        assert rb.wait >= 0.1
+        # not before the TTL ran out: measured from before the SET, so no stall between the
+        # SET and B's start can break it (it cannot fail by chance; 2 ms for Redis' ms clock)
+        assert rb.end - t_set >= 0.15 - 0.002
         assert r.get(key) == "locked_by_short"
         # A finishes: compare fails, GET for the log, then the plain DEL frees B's lock.
         assert a.release(key, "long") == "emergency_deleted"
@@ -204,22 +207,32 @@ def _lost_wakeup_run(srv, key, release_between_try_and_subscribe: bool):
 def test_lost_wakeup_window_falls_back_to_polling(redis_server, key):
     missed = _lost_wakeup_run(redis_server, key, True)
     assert missed.acquired and missed.mechanism == "polling" and missed.messages == 0
-    assert missed.wait >= 0.3  # waited the whole fallback_timeout for a message that never came
+    # waited the whole fallback_timeout for a message that never came: a lower bound the code
+    # sets (the wait ends at its deadline, never before), so no load can break it
+    assert missed.wait >= 0.3
     redis_server.client().delete(key)
     woken = _lost_wakeup_run(redis_server, key, False)
     assert woken.acquired and woken.mechanism == "event" and woken.messages == 1
+    # woken by the release 50 ms in, well inside the 0.3 s fallback window; "event" already
+    # implies it, so this bound fails only if a thread stalls 250 ms. Measured 60 times on the
+    # loaded 2-core machine: woken 0.052-0.070 s, missed 0.302-0.314 s; 230 ms of slack above
+    # the worst seen: fails by chance far less than once in 100.
     assert woken.wait < 0.3
 
 
 def test_event_wait_times_out_then_polls_until_ttl_frees_key(redis_server, key):
     """A crashed holder never publishes: the waiter falls back to polling with the same start."""
     r = redis_server.client()
+    t_set = time.monotonic()
     r.set(key, "locked_by_crashed", px=400)
     params = LockParams(**{**FAST, "fallback_timeout": 0.1})
     with LockClient(redis_server.url, params) as c:
         res = c.acquire(key, "w")
     assert res.acquired and res.mechanism == "polling"
-    assert 0.35 <= res.wait < 1.0
+    # freed by the TTL, not before (measured from before the SET: cannot fail by chance), and
+    # found by polling (<= 24 ms apart) well within 0.6 s after: fails only if a thread stalls
+    # ~0.5 s. Measured 60 times on the loaded machine: 0.404-0.437 s from the SET.
+    assert 0.4 - 0.002 <= res.end - t_set < 1.0
     assert c.commands["SUBSCRIBE"] == 1 and c.commands["UNSUBSCRIBE"] == 1
 
 
@@ -231,7 +244,13 @@ def test_timeout_gives_up_after_max_wait(redis_server, key, event):
     with LockClient(redis_server.url, params) as c:
         res = c.acquire(key, "w")
     assert not res.acquired and res.mechanism is None
-    assert 0.2 <= res.wait < 0.2 + 0.03  # at most one (jittered, capped) sleep past max_wait
+    # The loop tests max_wait before each try, so the wait is >= 0.2 by construction. Above it:
+    # at most one sleep (max_poll_interval 0.02 x jitter 1.2 = 24 ms) and a GET, plus whatever
+    # the scheduler adds on a loaded machine. Measured 100 times per mode while other suites
+    # loaded both cores: polling max 0.229 s, event-driven max 0.248 s, 3/100 >= 0.23 (the old
+    # bound failed ~3% of runs). The band gives 76 ms of slack, 3x the worst excess seen, so it
+    # fails by chance well under 1 in 100; a client that waited one more max_wait (0.4) fails.
+    assert 0.2 <= res.wait < 0.2 + 0.024 + 0.076
     assert res.sets == 0 and res.attempts >= 2
 
 

@@ -1,40 +1,30 @@
 """`gpusim validate` and `gpusim calibrate-redis`: the commands that talk to a real Redis.
 
 Plain functions with typer annotations; `register(app)` mounts them on the main app.
-Exit codes: 0 every judged metric PASSes (calibrate: done), 1 otherwise (a FAIL or INCONCLUSIVE
-row, Redis dying mid-run, or ``--hold cuda`` skipped for want of CUDA), 2 bad input (files,
-values, an unreachable Redis URL).
+Exit codes (gpusim.exitcodes): validate 0 every judged metric PASSes, 1 a metric FAILs (or Redis
+died mid-run: partial results saved), 2 bad input (files, values, the --json path, an
+unreachable Redis URL), 3 INCONCLUSIVE (no FAIL, but an interval too wide to judge: more runs or
+a longer trace), also ``--hold cuda`` skipped for want of CUDA (nothing was judged);
+calibrate-redis 0 done, 2 bad input or an unreachable Redis.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outputs, err,
+                               fail, out)
 from gpusim.errors import InputError
+from gpusim.output import atomic_write_text, jsonable
 
-EXIT_FAIL = 1
-EXIT_BAD_INPUT = 2
-
-
-def _out() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 140)
-
-
-def _err() -> Console:
-    return Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-
-
-def _error(msg: str, code: int) -> typer.Exit:
-    _err().print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+VERDICT_EXIT = {"PASS": ExitCode.OK, "FAIL": ExitCode.FAIL, "INCONCLUSIVE": ExitCode.INCONCLUSIVE}
+COLORS = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
 
 
 def _fmt(v: float | None, kind: str = "rel") -> str:
@@ -59,17 +49,131 @@ def comparison_table(cmp_: Any, *, title: str) -> Table:
     for col in ("metric", "real (mean ± sd)", "sim (mean ± sd)", "error", "95% CI", "tolerance",
                 "verdict"):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    colors = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
     for r in cmp_.rows:
         ci = "-" if r.ci_low is None else f"[{_fmt(r.ci_low, r.kind)}, {_fmt(r.ci_high, r.kind)}]"
         tol = "-" if r.tolerance is None else (f"±{r.tolerance * 100:g} pt" if r.kind == "abs"
                                                else f"±{r.tolerance * 100:g}%")
         verdict = r.verdict
-        if verdict in colors:
-            verdict = f"[{colors[verdict]}]{verdict}[/]"
+        if verdict in COLORS:
+            verdict = f"[{COLORS[verdict]}]{verdict}[/]"
         t.add_row(r.label, _num(r.real_mean, r.real_sd), _num(r.sim_mean, r.sim_sd),
                   _fmt(r.error, r.kind), ci, tol, verdict)
     return t
+
+
+def title(cmp_: Any, n_tasks: int, time_scale: float) -> str:
+    """What was compared, truthfully: real runs, simulated seeds, and how they were judged."""
+    how = (f"{cmp_.n_pairs} CRN pairs judged (paired)" if cmp_.n_pairs
+           else "independent samples (Welch)")
+    return (f"validate: {n_tasks} tasks, time scale 1/{time_scale:g}: {cmp_.n_real} real runs vs "
+            f"{cmp_.n_sim} simulated seeds, {how}; waits in replay seconds = trace s / "
+            f"{time_scale:g}")
+
+
+def _check_outputs(*paths: Path | None) -> None:
+    """Exit 2 before a long run when an output cannot be written (gpusim.cli.common)."""
+    try:
+        check_outputs(*paths)
+    except InputError as e:
+        raise bad_input(e)
+
+
+def _check_options(runs: int, seeds: int, hold: str, time_scale: float,
+                   json_out: Path | None) -> None:
+    if runs < 1 or seeds < 1:
+        raise fail("--runs and --seeds must be >= 1", ExitCode.BAD_INPUT)
+    if hold not in ("sleep", "cuda"):
+        raise fail("--hold must be 'sleep' or 'cuda'", ExitCode.BAD_INPUT)
+    if not (time_scale > 0):
+        raise fail("--time-scale must be > 0", ExitCode.BAD_INPUT)
+    _check_outputs(json_out)
+
+
+def _load_inputs(trace: Path, config: Path, cluster: Path | None) -> tuple[Any, Any, Any]:
+    from gpusim.cluster import load_cluster
+    from gpusim.config import load_lock_settings
+    from gpusim.traces.format import load_trace
+
+    try:
+        return (load_trace(trace), load_lock_settings(config),
+                load_cluster(cluster) if cluster is not None else None)
+    except InputError as e:
+        raise bad_input(e)
+
+
+def _run(tr: Any, settings: Any, cl: Any, partial: Path, **kw: Any) -> tuple[Any, Any, Any, Any]:
+    """The validation, its failures mapped to exit codes."""
+    from gpusim.real.replay import CudaUnavailable, RedisDiedDuringRun, RedisUnavailable
+    from gpusim.real.validate import validate as run_validation
+
+    console = err()
+    try:
+        return run_validation(
+            tr, settings, cluster=cl, partial_path=partial,
+            progress=lambda m: console.print(f"[dim]{escape(m)}[/]", highlight=False), **kw)
+    except CudaUnavailable as e:
+        # nothing was judged: inconclusive, not a failure of the model
+        out().print(f"[yellow]{escape(str(e))}[/] (exit {int(ExitCode.INCONCLUSIVE)}: nothing "
+                    "was judged)", highlight=False)
+        raise typer.Exit(int(ExitCode.INCONCLUSIVE))
+    except RedisUnavailable as e:
+        raise fail(str(e), ExitCode.BAD_INPUT)
+    except RedisDiedDuringRun as e:
+        raise fail(str(e), ExitCode.FAIL)
+    except InputError as e:
+        raise bad_input(e)
+
+
+def _write_json(path: Path, cmp_: Any, real: Any, sim: Any, cal: Any) -> None:
+    doc = {"schema": "gpusim.validate/1", "verdict": cmp_.verdict,
+           "comparison": cmp_.to_json(), "real": real.to_json(),
+           "sim": {"inputs": sim.inputs, "metrics": sim.metrics,
+                   "replications": [r.metrics for r in sim.replications]},
+           "calibration": cal}
+    text = json.dumps(jsonable(json.loads(json.dumps(doc, default=str))), indent=2)
+    try:
+        atomic_write_text(path, text)
+    except InputError as e:
+        raise bad_input(e)
+
+
+def _print_report(cmp_: Any, n_tasks: int, time_scale: float) -> None:
+    o = out()
+    o.print(comparison_table(cmp_, title=title(cmp_, n_tasks, time_scale)))
+    wt = cmp_.wait_tests
+    if "ks_statistic" in wt:
+        o.print(f"wait distributions: KS D={wt['ks_statistic']:.3f} p={wt['ks_pvalue']:.3g}; "
+                f"Anderson-Darling A={wt.get('ad_statistic', float('nan')):.3f} "
+                f"p~{wt.get('ad_pvalue_capped', float('nan')):.3g} (information only: "
+                f"dependent waits, ties)", highlight=False)
+    if "ks_queued_statistic" in wt:
+        o.print(f"waits of tasks that queued ({wt['n_queued_real']} real, "
+                f"{wt['n_queued_sim']} sim): KS D={wt['ks_queued_statistic']:.3f} "
+                f"p={wt['ks_queued_pvalue']:.3g}", highlight=False)
+    lt = cmp_.lateness
+    if lt:
+        o.print(f"replay timing: start lateness p95 {lt['start_p95_s'] * 1e3:.2f} ms, sleep "
+                f"overshoot p95 {lt['sleep_overshoot_p95_s'] * 1e3:.2f} ms, hold overshoot "
+                f"p95 {lt['hold_overshoot_p95_s'] * 1e3:.2f} ms", highlight=False)
+    for n in cmp_.notes:
+        o.print(f"note: {escape(n)}", highlight=False)
+
+
+def _verdict_exit(cmp_: Any, runs: int, n_tasks: int) -> typer.Exit:
+    """Print the verdict line (and, when INCONCLUSIVE, what to do about it); the exit code."""
+    from gpusim.real.comparison import advice
+
+    v = cmp_.verdict
+    o = out()
+    if v == "PASS":
+        o.print("[green]validation PASSES[/]")
+    elif v == "FAIL":
+        failed = ", ".join(r.label for r in cmp_.rows if r.verdict == "FAIL")
+        o.print(f"[red]validation FAILS[/] ({escape(failed)})")
+    else:
+        o.print("[yellow]validation INCONCLUSIVE: too little data[/]")
+        o.print(escape(advice(cmp_, runs=runs, tasks=n_tasks)), highlight=False)
+    return typer.Exit(int(VERDICT_EXIT[v]))
 
 
 def validate(
@@ -81,9 +185,12 @@ def validate(
     time_scale: Annotated[float, typer.Option(
         "--time-scale", help="divide trace and config times by this factor")] = 1.0,
     runs: Annotated[int, typer.Option("--runs", help="real replays")] = 3,
-    hold: Annotated[str, typer.Option("--hold", help="sleep | cuda (real matmul loop)")] = "sleep",
+    hold: Annotated[str, typer.Option(
+        "--hold", help="sleep | cuda (real matmul loop; without CUDA: skipped, exit 3)")] = "sleep",
     seeds: Annotated[int, typer.Option("--seeds", help="simulated replications")] = 10,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write results here")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="write results here (checked before the run; written before the table)")
+    ] = None,
     cluster: Annotated[Optional[Path], typer.Option(
         "--cluster", help="cluster file; default: one node, Redis calibrated on the spot")] = None,
     seed: Annotated[int, typer.Option("--seed", help="base seed (jitter streams)")] = 0,
@@ -95,82 +202,31 @@ def validate(
         help="run a CPU control load on a second private redis-server during each run; "
              "default: when calibrating a Redis on this host")] = None,
 ) -> None:
-    """Replay a trace against a real Redis, simulate it, and judge the model (PASS/FAIL)."""
-    from gpusim.cluster import load_cluster
-    from gpusim.config import load_lock_settings
-    from gpusim.traces.format import load_trace
-    from gpusim.real.validate import (CudaUnavailable, RedisDiedDuringRun, RedisUnavailable,
-                                 validate as run_validation)
+    """Replay a trace against a real Redis, simulate it, and judge the model.
 
-    if runs < 1 or seeds < 1:
-        raise _error("--runs and --seeds must be >= 1", EXIT_BAD_INPUT)
-    if hold not in ("sleep", "cuda"):
-        raise _error("--hold must be 'sleep' or 'cuda'", EXIT_BAD_INPUT)
-    if not (time_scale > 0):
-        raise _error("--time-scale must be > 0", EXIT_BAD_INPUT)
-    try:
-        tr = load_trace(trace)
-        settings = load_lock_settings(config)
-        cl = load_cluster(cluster) if cluster is not None else None
-    except InputError as e:
-        raise _error(e.render(), EXIT_BAD_INPUT)
+    Verdict: PASS when every judged metric passes, FAIL when one fails, INCONCLUSIVE when none
+    fails but an interval is too wide to judge (run more --runs or a longer trace).
+    Exit codes: 0 PASS, 1 FAIL (or Redis died mid-run), 2 bad input, 3 INCONCLUSIVE or
+    --hold cuda skipped without CUDA, 130 interrupted.
+    """
+    _check_options(runs, seeds, hold, time_scale, json_out)
+    tr, settings, cl = _load_inputs(trace, config, cluster)
     partial = (json_out.with_name(json_out.stem + ".partial.json") if json_out is not None
                else Path("gpusim-validate.partial.json"))
-    err = _err()
-    try:
-        cmp_, real, sim, cal = run_validation(
-            tr, settings, redis_url=redis_url, time_scale=time_scale, runs=runs, seeds=seeds,
-            seed=seed, hold=hold, cluster=cl, partial_path=partial, calibrate=calibrate,
-            reference=reference,
-            progress=lambda m: err.print(f"[dim]{escape(m)}[/]", highlight=False))
-    except CudaUnavailable as e:
-        _out().print(f"[yellow]{escape(str(e))}[/]")
-        raise typer.Exit(EXIT_FAIL)
-    except RedisUnavailable as e:
-        raise _error(str(e), EXIT_BAD_INPUT)
-    except RedisDiedDuringRun as e:
-        raise _error(str(e), EXIT_FAIL)
-    except InputError as e:
-        raise _error(e.render(), EXIT_BAD_INPUT)
-    out = _out()
-    out.print(comparison_table(
-        cmp_, title=f"validate: {len(tr)} tasks, time scale 1/{time_scale:g}, {cmp_.n_real} real "
-                    f"runs vs {cmp_.n_sim} seeds (waits in replay seconds = trace s / "
-                    f"{time_scale:g})"))
-    wt = cmp_.wait_tests
-    if "ks_statistic" in wt:
-        out.print(f"wait distributions: KS D={wt['ks_statistic']:.3f} p={wt['ks_pvalue']:.3g}; "
-                  f"Anderson-Darling A={wt.get('ad_statistic', float('nan')):.3f} "
-                  f"p~{wt.get('ad_pvalue_capped', float('nan')):.3g} (information only: "
-                  f"dependent waits, ties)", highlight=False)
-    if "ks_queued_statistic" in wt:
-        out.print(f"waits of tasks that queued ({wt['n_queued_real']} real, "
-                  f"{wt['n_queued_sim']} sim): KS D={wt['ks_queued_statistic']:.3f} "
-                  f"p={wt['ks_queued_pvalue']:.3g}", highlight=False)
-    lt = cmp_.lateness
-    if lt:
-        out.print(f"replay timing: start lateness p95 {lt['start_p95_s'] * 1e3:.2f} ms, sleep "
-                  f"overshoot p95 {lt['sleep_overshoot_p95_s'] * 1e3:.2f} ms, hold overshoot "
-                  f"p95 {lt['hold_overshoot_p95_s'] * 1e3:.2f} ms", highlight=False)
-    for n in cmp_.notes:
-        out.print(f"note: {escape(n)}", highlight=False)
-    if json_out is not None:
-        doc = {"schema": "gpusim.validate/1", "comparison": cmp_.to_json(),
-               "real": real.to_json(),
-               "sim": {"inputs": sim.inputs, "metrics": sim.metrics,
-                       "replications": [r.metrics for r in sim.replications]},
-               "calibration": cal}
-        json_out.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
-    passed = cmp_.passed
-    out.print("[green]validation PASSES[/]" if passed else "[red]validation FAILS[/]")
-    raise typer.Exit(0 if passed else EXIT_FAIL)
+    cmp_, real, sim, cal = _run(tr, settings, cl, partial, redis_url=redis_url,
+                                time_scale=time_scale, runs=runs, seeds=seeds, seed=seed,
+                                hold=hold, calibrate=calibrate, reference=reference)
+    if json_out is not None:  # results first: a closed stdout must not lose them
+        _write_json(json_out, cmp_, real, sim, cal)
+    _print_report(cmp_, len(tr), time_scale)
+    raise _verdict_exit(cmp_, runs, len(tr))
 
 
 def calibrate_redis(
     redis_url: Annotated[Optional[str], typer.Option(
         "--redis-url", help="Redis to measure (loopback or one you name); default: a private "
                             "redis-server")] = None,
-    out: Annotated[Optional[Path], typer.Option(
+    out_path: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="write the cluster file's redis section (YAML) here")] = None,
     seconds: Annotated[float, typer.Option(
         "--seconds", help="load per command type (bounded)")] = 0.3,
@@ -178,21 +234,25 @@ def calibrate_redis(
         "--gap-s", help="also measure the wake-up cost at this mean gap between commands "
                         "(for an otherwise idle Redis)")] = None,
 ) -> None:
-    """Measure Redis CPU per lock command and the client round trip (a few seconds)."""
+    """Measure Redis CPU per lock command and the client round trip (a few seconds).
+
+    Exit codes: 0 done, 2 bad input or an unreachable Redis, 130 interrupted.
+    """
     from gpusim.real.calibrate import CalibrationError, calibrate_redis as run_cal
     from gpusim.real.server import PrivateRedis
 
     if seconds <= 0 or seconds > 10:
-        raise _error("--seconds must be in (0, 10]", EXIT_BAD_INPUT)
+        raise fail("--seconds must be in (0, 10]", ExitCode.BAD_INPUT)
+    _check_outputs(out_path)
     owned = None
     try:
         if redis_url is None:
             owned = PrivateRedis().start()
             redis_url = owned.url
-            _err().print("[dim]no --redis-url: measuring a private redis-server[/]")
-        res = run_cal(redis_url, seconds_per_command=seconds, wakeup_gap_s=gap_s, out=out)
+            err().print("[dim]no --redis-url: measuring a private redis-server[/]")
+        res = run_cal(redis_url, seconds_per_command=seconds, wakeup_gap_s=gap_s, out=out_path)
     except CalibrationError as e:
-        raise _error(str(e), EXIT_BAD_INPUT)
+        raise fail(str(e), ExitCode.BAD_INPUT)
     finally:
         if owned is not None:
             owned.stop()
@@ -206,12 +266,12 @@ def calibrate_redis(
     for name, v in r["cpu_us"].items():
         ref = cs.get(name, {}).get(name)
         t.add_row(name, f"{v:.2f}", "-" if ref is None else f"{ref:.2f}")
-    _out().print(t)
-    if out is not None:
-        _out().print(f"wrote {escape(str(out))}")
+    out().print(t)
+    if out_path is not None:
+        out().print(f"wrote {escape(str(out_path))}")
 
 
 def register(app: typer.Typer) -> None:
     """Add `validate` and `calibrate-redis` to the main `gpusim` app."""
-    app.command("validate")(validate)
-    app.command("calibrate-redis")(calibrate_redis)
+    app.command("validate", epilog=EXIT_CODES_HELP)(validate)
+    app.command("calibrate-redis", epilog=EXIT_CODES_HELP)(calibrate_redis)

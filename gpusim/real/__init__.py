@@ -1,2 +1,4 @@
-"""The real parts: a private redis-server, a real client of the lock protocol, Redis CPU
-calibration, and the validation of the model against real replays."""
+"""The real parts: a private redis-server (server), a real client of the lock protocol
+(lock_client), Redis CPU calibration (calibrate), the threaded real replay (replay), the
+real-vs-simulated comparison table (comparison; its statistics live in gpusim.stats), and the
+validation that ties them together (validate)."""

@@ -115,6 +115,7 @@ import numpy as np
 import redis
 import yaml
 
+from gpusim.output import atomic_write_text
 from gpusim.protocol import RELEASE_SCRIPT, channel_for
 
 __all__ = ["calibrate_redis", "CalibrationError", "write_redis_yaml", "ReferenceLoad"]
@@ -185,6 +186,203 @@ class _Subscribers:
         self._sel.close()
 
 
+class _Calibration:
+    """One calibration's connection, keys and measurements; each step a method."""
+
+    def __init__(self, c: redis.Redis, url: str, *, seconds_per_command: float, max_ops: int):
+        self.c, self.url = c, url
+        self.seconds_per_command, self.max_ops = seconds_per_command, max_ops
+        self.prefix = f"gpusim:calibrate:{uuid.uuid4().hex[:12]}:"
+        self.held = self.prefix + "held"
+        self.details: dict[str, Any] = {
+            "method": "INFO cpu delta (used_cpu_user+used_cpu_sys) minus idle rate, per "
+                      "command; see gpusim.real.calibrate docstring",
+            "server": c.info("server").get("redis_version"), "clamped": []}
+        self.spread: list[redis.Redis] = []
+        self.idle_rate = 0.0
+
+    def open_spread(self, n: int) -> None:
+        """Connections the sparse loop spreads its GETs over; opened before the idle window."""
+        for _ in range(n):
+            self.spread.append(redis.Redis.from_url(
+                self.url, protocol=2, single_connection_client=True, socket_timeout=10,
+                socket_connect_timeout=5))
+            self.spread[-1].ping()
+
+    def idle(self, idle_s: float) -> float:
+        """The idle CPU rate and other clients' traffic (commands per second), returned."""
+        c = self.c
+        tc0 = int(c.info("stats")["total_commands_processed"])
+        cpu0, t0 = _cpu(c), time.perf_counter()
+        time.sleep(idle_s)
+        cpu1, t1 = _cpu(c), time.perf_counter()
+        tc1 = int(c.info("stats")["total_commands_processed"])
+        self.idle_rate = max(0.0, (cpu1 - cpu0) / (t1 - t0))
+        self.details["idle_cpu_s_per_s"] = self.idle_rate
+        # our own commands in the window: INFO cpu x2 + INFO stats (the first is not counted)
+        return max(0.0, (tc1 - tc0 - 3) / (t1 - t0))
+
+    def measure(self, name: str, op: Callable[[int], None], budget: float | None = None
+                ) -> tuple[float, int, list[float]]:
+        """CPU us per op for ``op(i)`` looped; returns (us_per_op, n, per-op client times)."""
+        c, details = self.c, self.details
+        rtts: list[float] = []
+        s0 = _cmdstats(c)
+        cpu_a, ta = _cpu(c), time.perf_counter()
+        deadline = ta + (self.seconds_per_command if budget is None else budget)
+        n = 0
+        while n < self.max_ops:
+            q = time.perf_counter()
+            op(n)
+            rtts.append(time.perf_counter() - q)
+            n += 1
+            if rtts[-1] + q > deadline:
+                break
+        cpu_b, tb = _cpu(c), time.perf_counter()
+        s1 = _cmdstats(c)
+        us = ((cpu_b - cpu_a) - self.idle_rate * (tb - ta)) * 1e6 / n
+        stats = {k: ((s1[k][1] - s0.get(k, (0, 0.0))[1]) /
+                     max(1, s1[k][0] - s0.get(k, (0, 0.0))[0]))
+                 for k in s1 if s1[k][0] - s0.get(k, (0, 0.0))[0] > 0 and k != "INFO"}
+        details.setdefault("commandstats_usec_per_call", {})[name] = stats
+        details.setdefault("ops", {})[name] = n
+        return us, n, rtts
+
+    def key_commands(self) -> tuple[dict[str, float], list[float], list[float]]:
+        """GET, SET, DEL, EVAL (us each), GET round trips and PING round trips."""
+        c, prefix, held = self.c, self.prefix, self.held
+        c.set(held, "locked_by_calibration", ex=600)
+        get_us, _, get_rtts = self.measure("GET", lambda i: c.get(held))
+        ping_rtts = []
+        for _ in range(min(self.max_ops, 300)):
+            q = time.perf_counter()
+            c.ping()
+            ping_rtts.append(time.perf_counter() - q)
+        set_us, n_set, _ = self.measure(
+            "SET", lambda i: c.set(f"{prefix}k{i}", "locked_by_calibration", nx=True, ex=600))
+        del_us, _, _ = self.measure("DEL", lambda i: c.delete(f"{prefix}k{i}"))
+        # delete any SET keys the DEL loop did not reach (bounded: n_set keys at most)
+        for i in range(n_set):
+            c.delete(f"{prefix}k{i}")
+        pair_key = prefix + "pair"
+
+        def set_eval(i: int) -> None:
+            c.set(pair_key, "locked_by_calibration", nx=True, ex=600)
+            c.eval(RELEASE_SCRIPT, 1, pair_key, "locked_by_calibration")
+
+        pair_us, _, _ = self.measure("SET+EVAL", set_eval)
+        return ({"GET": get_us, "SET": set_us, "EVAL": pair_us - set_us, "DEL": del_us},
+                get_rtts, ping_rtts)
+
+    def publish(self, subscriber_counts: tuple[int, ...]) -> tuple[float, float]:
+        """(PUBLISH base us, us per subscriber): least squares over the subscriber counts."""
+        c = self.c
+        kw = c.connection_pool.connection_kwargs
+        channel = channel_for(self.prefix + "lock")
+        payload = ('{"event_type": "lock_released", "lock_key": "gpu_lock:0", '
+                   '"task_name": "calibration", "release_reason": "normal", '
+                   '"timestamp": 1700000000.0}')
+        pub_points = {}
+        for k in subscriber_counts:
+            subs = _Subscribers(kw.get("host", "127.0.0.1"), int(kw.get("port", 6379)), channel,
+                                k, kw.get("password"), kw.get("username"), int(kw.get("db", 0)))
+            try:
+                us, _, _ = self.measure(f"PUBLISH[{k}]", lambda i: c.publish(channel, payload))
+            finally:
+                subs.close()
+            pub_points[k] = us
+        ks = np.array(list(pub_points), dtype=float)
+        ys = np.array(list(pub_points.values()), dtype=float)
+        if len(set(ks.tolist())) >= 2:
+            per_sub, base = np.polyfit(ks, ys, 1)
+        else:
+            per_sub, base = 0.0, float(ys.mean())
+        self.details["publish_us_by_subscribers"] = pub_points
+        return float(base), float(per_sub)
+
+    def subscribe(self) -> tuple[float, float]:
+        """(SUBSCRIBE us, UNSUBSCRIBE us): pairs on a RESP2 connection of their own, split by
+        the ratio of their commandstats usec_per_call."""
+        conn = self.c.connection_pool.make_connection()
+        conn.connect()
+        sub_ch = channel_for(self.prefix + "sub")
+
+        def sub_unsub(i: int) -> None:
+            conn.send_command("SUBSCRIBE", sub_ch)
+            conn.read_response()
+            conn.send_command("UNSUBSCRIBE", sub_ch)
+            conn.read_response()
+
+        try:
+            pair_su, _, _ = self.measure("SUBSCRIBE+UNSUBSCRIBE", sub_unsub)
+        finally:
+            conn.disconnect()
+        cs = self.details["commandstats_usec_per_call"]["SUBSCRIBE+UNSUBSCRIBE"]
+        su, uu = cs.get("SUBSCRIBE", 1.0), cs.get("UNSUBSCRIBE", 1.0)
+        sub_us = pair_su * su / (su + uu) if su + uu > 0 else pair_su / 2
+        return sub_us, pair_su - sub_us
+
+    def wakeup(self, get_us: float, gap_s: float, seconds: float, chain_gap_s: float | None,
+               seed: int) -> float:
+        """The wake-up cost: sparse GETs (exponential gaps of mean ``gap_s``) minus the dense
+        GET; with ``chain_gap_s`` also GETs one client round trip apart (``details.chain_us``)."""
+        details, spread, held = self.details, self.spread, self.held
+        rng = np.random.default_rng(seed)
+        gaps = iter(rng.exponential(gap_s, size=self.max_ops + 1).tolist())
+
+        def sparse_get(i: int) -> None:
+            spread[i % len(spread)].get(held)
+            time.sleep(next(gaps))
+
+        sparse_us, _, _ = self.measure("GET sparse", sparse_get, budget=seconds)
+        wakeup_us = sparse_us - get_us
+        if chain_gap_s is not None and chain_gap_s > 0:
+            # a command one client round trip after another one, from another client
+            cgaps = iter(rng.exponential(chain_gap_s, size=self.max_ops + 1).tolist())
+
+            def chain_get(i: int) -> None:
+                spread[i % len(spread)].get(held)
+                time.sleep(next(cgaps))
+
+            chain_us, _, _ = self.measure("GET chained", chain_get, budget=min(0.5, seconds))
+            details["chain_gap_s"] = chain_gap_s
+            details["chain_us"] = max(0.0, chain_us - get_us)
+        details["wakeup_gap_s"] = gap_s
+        details["wakeup_connections"] = len(spread)
+        details["wakeup_us_raw"] = wakeup_us
+        return max(0.0, wakeup_us)
+
+    def result(self, raw: dict[str, float], wakeup_us: float, get_rtts: list[float],
+               ping_rtts: list[float], background: float) -> dict[str, Any]:
+        details = self.details
+        details["wakeup_us"] = wakeup_us
+        details["dense_cpu_us"] = {k: round(max(0.0, float(v)), 3) for k, v in raw.items()}
+        for name in raw:
+            if name != "PUBLISH_PER_SUBSCRIBER":
+                raw[name] += wakeup_us
+        cpu_us = {}
+        for name, v in raw.items():
+            if v < 0:
+                details["clamped"].append(name)
+            cpu_us[name] = round(max(0.0, float(v)), 3)
+        details["raw_cpu_us"] = raw
+        details["ping_rtt_s"] = statistics.median(ping_rtts)
+        details["get_rtt_p95_s"] = float(np.percentile(get_rtts, 95))
+        return {"redis": {"rtt_s": float(f"{statistics.median(get_rtts):.3g}"),
+                          "cpu_us": cpu_us, "background_ops_per_s": round(background, 3)},
+                "details": details}
+
+    def close(self) -> None:
+        try:
+            for k in (self.prefix + "held", self.prefix + "pair"):
+                self.c.delete(k)
+        except Exception:
+            pass
+        self.c.close()
+        for x in self.spread:
+            x.close()
+
+
 def calibrate_redis(url: str, *, seconds_per_command: float = 0.3, max_ops: int = 20000,
                     subscriber_counts: tuple[int, ...] = (0, 1, 4, 16),
                     idle_s: float = 0.3, wakeup_gap_s: float | None = None,
@@ -202,181 +400,26 @@ def calibrate_redis(url: str, *, seconds_per_command: float = 0.3, max_ops: int 
         c = redis.Redis.from_url(url, protocol=2, single_connection_client=True,
                                  socket_timeout=10, socket_connect_timeout=5)
         c.ping()
+        cal = _Calibration(c, url, seconds_per_command=seconds_per_command, max_ops=max_ops)
     except (redis.ConnectionError, redis.TimeoutError, OSError, ValueError) as exc:
         raise CalibrationError(f"cannot reach Redis at {url}: {exc}") from None
-    kw = c.connection_pool.connection_kwargs
-    prefix = f"gpusim:calibrate:{uuid.uuid4().hex[:12]}:"
-    details: dict[str, Any] = {"method": "INFO cpu delta (used_cpu_user+used_cpu_sys) minus "
-                               "idle rate, per command; see gpusim.real.calibrate docstring",
-                               "server": c.info("server").get("redis_version"),
-                               "clamped": []}
-    spread: list[redis.Redis] = []
     try:
-        # connections the sparse loop spreads its GETs over; opened before the idle window
-        for _ in range(max(1, wakeup_connections) if wakeup_gap_s else 0):
-            spread.append(redis.Redis.from_url(url, protocol=2, single_connection_client=True,
-                                               socket_timeout=10, socket_connect_timeout=5))
-            spread[-1].ping()
-        # -- idle rate and other clients' traffic -----------------------------------------
-        tc0 = int(c.info("stats")["total_commands_processed"])
-        cpu0, t0 = _cpu(c), time.perf_counter()
-        time.sleep(idle_s)
-        cpu1, t1 = _cpu(c), time.perf_counter()
-        tc1 = int(c.info("stats")["total_commands_processed"])
-        idle_rate = max(0.0, (cpu1 - cpu0) / (t1 - t0))
-        # our own commands in the window: INFO cpu x2 + INFO stats (the first is not counted)
-        background = max(0.0, (tc1 - tc0 - 3) / (t1 - t0))
-        details["idle_cpu_s_per_s"] = idle_rate
-
-        def measure(name: str, op: Callable[[int], None], budget: float | None = None
-                    ) -> tuple[float, int, list[float]]:
-            """CPU us per op for ``op(i)`` looped; returns (us_per_op, n, per-op client times)."""
-            rtts: list[float] = []
-            s0 = _cmdstats(c)
-            cpu_a, ta = _cpu(c), time.perf_counter()
-            deadline = ta + (seconds_per_command if budget is None else budget)
-            n = 0
-            while n < max_ops:
-                q = time.perf_counter()
-                op(n)
-                rtts.append(time.perf_counter() - q)
-                n += 1
-                if rtts[-1] + q > deadline:
-                    break
-            cpu_b, tb = _cpu(c), time.perf_counter()
-            s1 = _cmdstats(c)
-            us = ((cpu_b - cpu_a) - idle_rate * (tb - ta)) * 1e6 / n
-            stats = {k: ((s1[k][1] - s0.get(k, (0, 0.0))[1]) /
-                         max(1, s1[k][0] - s0.get(k, (0, 0.0))[0]))
-                     for k in s1 if s1[k][0] - s0.get(k, (0, 0.0))[0] > 0 and k != "INFO"}
-            details.setdefault("commandstats_usec_per_call", {})[name] = stats
-            details.setdefault("ops", {})[name] = n
-            return us, n, rtts
-
-        held = prefix + "held"
-        c.set(held, "locked_by_calibration", ex=600)
-        get_us, _, get_rtts = measure("GET", lambda i: c.get(held))
-        ping_rtts = []
-        for _ in range(min(max_ops, 300)):
-            q = time.perf_counter()
-            c.ping()
-            ping_rtts.append(time.perf_counter() - q)
-        set_us, n_set, _ = measure(
-            "SET", lambda i: c.set(f"{prefix}k{i}", "locked_by_calibration", nx=True, ex=600))
-        del_us, _, _ = measure("DEL", lambda i: c.delete(f"{prefix}k{i}"))
-        # delete any SET keys the DEL loop did not reach (bounded: n_set keys at most)
-        for i in range(n_set):
-            c.delete(f"{prefix}k{i}")
-        pair_key = prefix + "pair"
-
-        def set_eval(i: int) -> None:
-            c.set(pair_key, "locked_by_calibration", nx=True, ex=600)
-            c.eval(RELEASE_SCRIPT, 1, pair_key, "locked_by_calibration")
-
-        pair_us, _, _ = measure("SET+EVAL", set_eval)
-        eval_us = pair_us - set_us
-
-        # PUBLISH with k subscribers
-        channel = channel_for(prefix + "lock")
-        payload = ('{"event_type": "lock_released", "lock_key": "gpu_lock:0", '
-                   '"task_name": "calibration", "release_reason": "normal", '
-                   '"timestamp": 1700000000.0}')
-        pub_points = {}
-        for k in subscriber_counts:
-            subs = _Subscribers(kw.get("host", "127.0.0.1"), int(kw.get("port", 6379)), channel,
-                                k, kw.get("password"), kw.get("username"), int(kw.get("db", 0)))
-            try:
-                us, _, _ = measure(f"PUBLISH[{k}]", lambda i: c.publish(channel, payload))
-            finally:
-                subs.close()
-            pub_points[k] = us
-        ks = np.array(list(pub_points), dtype=float)
-        ys = np.array(list(pub_points.values()), dtype=float)
-        if len(set(ks.tolist())) >= 2:
-            per_sub, base = np.polyfit(ks, ys, 1)
-        else:
-            per_sub, base = 0.0, float(ys.mean())
-        details["publish_us_by_subscribers"] = pub_points
-
-        # SUBSCRIBE/UNSUBSCRIBE pairs on a RESP2 connection of their own
-        conn = c.connection_pool.make_connection()
-        conn.connect()
-        sub_ch = channel_for(prefix + "sub")
-
-        def sub_unsub(i: int) -> None:
-            conn.send_command("SUBSCRIBE", sub_ch)
-            conn.read_response()
-            conn.send_command("UNSUBSCRIBE", sub_ch)
-            conn.read_response()
-
-        try:
-            pair_su, _, _ = measure("SUBSCRIBE+UNSUBSCRIBE", sub_unsub)
-        finally:
-            conn.disconnect()
-        cs = details["commandstats_usec_per_call"]["SUBSCRIBE+UNSUBSCRIBE"]
-        su, uu = cs.get("SUBSCRIBE", 1.0), cs.get("UNSUBSCRIBE", 1.0)
-        sub_us = pair_su * su / (su + uu) if su + uu > 0 else pair_su / 2
-        unsub_us = pair_su - sub_us
-
+        cal.open_spread(max(1, wakeup_connections) if wakeup_gap_s else 0)
+        background = cal.idle(idle_s)
+        raw, get_rtts, ping_rtts = cal.key_commands()
+        base, per_sub = cal.publish(subscriber_counts)
+        sub_us, unsub_us = cal.subscribe()
         wakeup_us = 0.0
         if wakeup_gap_s is not None and wakeup_gap_s > 0:
-            rng = np.random.default_rng(seed)
-            gaps = iter(rng.exponential(wakeup_gap_s, size=max_ops + 1).tolist())
-
-            def sparse_get(i: int) -> None:
-                spread[i % len(spread)].get(held)
-                time.sleep(next(gaps))
-
-            sparse_us, _, _ = measure("GET sparse", sparse_get, budget=wakeup_seconds)
-            wakeup_us = sparse_us - get_us
-            if chain_gap_s is not None and chain_gap_s > 0:
-                # a command one client round trip after another one, from another client
-                cgaps = iter(rng.exponential(chain_gap_s, size=max_ops + 1).tolist())
-
-                def chain_get(i: int) -> None:
-                    spread[i % len(spread)].get(held)
-                    time.sleep(next(cgaps))
-
-                chain_us, _, _ = measure("GET chained", chain_get,
-                                         budget=min(0.5, wakeup_seconds))
-                details["chain_gap_s"] = chain_gap_s
-                details["chain_us"] = max(0.0, chain_us - get_us)
-            details["wakeup_gap_s"] = wakeup_gap_s
-            details["wakeup_connections"] = len(spread)
-            details["wakeup_us_raw"] = wakeup_us
-            wakeup_us = max(0.0, wakeup_us)
-        details["wakeup_us"] = wakeup_us
-
-        raw = {"GET": get_us, "SET": set_us, "EVAL": eval_us, "PUBLISH": float(base),
-               "PUBLISH_PER_SUBSCRIBER": float(per_sub), "DEL": del_us, "SUBSCRIBE": sub_us,
+            wakeup_us = cal.wakeup(raw["GET"], wakeup_gap_s, wakeup_seconds, chain_gap_s, seed)
+        raw = {"GET": raw["GET"], "SET": raw["SET"], "EVAL": raw["EVAL"], "PUBLISH": base,
+               "PUBLISH_PER_SUBSCRIBER": per_sub, "DEL": raw["DEL"], "SUBSCRIBE": sub_us,
                "UNSUBSCRIBE": unsub_us}
-        details["dense_cpu_us"] = {k: round(max(0.0, float(v)), 3) for k, v in raw.items()}
-        for name in raw:
-            if name != "PUBLISH_PER_SUBSCRIBER":
-                raw[name] += wakeup_us
-        cpu_us = {}
-        for name, v in raw.items():
-            if v < 0:
-                details["clamped"].append(name)
-            cpu_us[name] = round(max(0.0, float(v)), 3)
-        details["raw_cpu_us"] = raw
-        details["ping_rtt_s"] = statistics.median(ping_rtts)
-        details["get_rtt_p95_s"] = float(np.percentile(get_rtts, 95))
-        result = {"redis": {"rtt_s": float(f"{statistics.median(get_rtts):.3g}"),
-                            "cpu_us": cpu_us,
-                            "background_ops_per_s": round(background, 3)},
-                  "details": details}
+        result = cal.result(raw, wakeup_us, get_rtts, ping_rtts, background)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise CalibrationError(f"Redis at {url} failed during calibration: {exc}") from None
     finally:
-        try:
-            for k in (prefix + "held", prefix + "pair"):
-                c.delete(k)
-        except Exception:
-            pass
-        c.close()
-        for x in spread:
-            x.close()
+        cal.close()
     if out is not None:
         write_redis_yaml(result, out)
     return result
@@ -387,7 +430,7 @@ def write_redis_yaml(result: dict[str, Any], out: str | Path) -> None:
     doc = {"redis": result["redis"]}
     text = ("# measured by `gpusim calibrate-redis` (Redis CPU per command from INFO cpu "
             "deltas)\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    Path(out).write_text(text, encoding="utf-8")
+    atomic_write_text(out, text)
 
 
 class ReferenceLoad:
