@@ -29,22 +29,36 @@ DEFAULT_CPU_US = {
 }
 
 
+# Bounds on sizes and delays, stated so a value the model cannot hold (a million nodes, an RTT
+# of 1e300 s) is refused by name instead of exhausting memory or stalling every command.
+MAX_NODES = 1024
+MAX_GPUS_PER_NODE = 1024
+MAX_WORKERS = 100_000          # Celery worker slots per service
+MAX_DELAY_S = 60.0             # rtt_s, client_subscribe_delay_s, pubsub_wakeup_jitter_s
+MAX_CPU_US = 1_000_000.0       # CPU cost of one command: 1 s
+MAX_BACKGROUND_OPS = 10_000_000.0
+
+
+def _delay(default: float) -> Any:
+    return Field(default, ge=0, le=MAX_DELAY_S, allow_inf_nan=False)
+
+
 class RedisModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    rtt_s: float = Field(0.0002, ge=0, allow_inf_nan=False)
+    rtt_s: float = _delay(0.0002)
     cpu_us: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_CPU_US))
-    background_ops_per_s: float = Field(0.0, ge=0, allow_inf_nan=False)
-    background_cpu_us: float = Field(2.0, ge=0, allow_inf_nan=False)
+    background_ops_per_s: float = Field(0.0, ge=0, le=MAX_BACKGROUND_OPS, allow_inf_nan=False)
+    background_cpu_us: float = Field(2.0, ge=0, le=MAX_CPU_US, allow_inf_nan=False)
     # Client-side time between a failed first try and the SUBSCRIBE leaving the client (YiVideo
     # builds a callback and takes its Pub/Sub manager's lock in between). A release published
     # inside that window is never delivered: the lost wake-up.
-    client_subscribe_delay_s: float = Field(0.0005, ge=0, allow_inf_nan=False)
+    client_subscribe_delay_s: float = _delay(0.0005)
     # A release message reaches every subscriber at once, but each waiter's thread wakes after
     # its own delay (listener thread, callback, Event.set, GIL hand-off): uniform in
     # [0, pubsub_wakeup_jitter_s), drawn from the task's own stream. This is what makes the
     # thundering herd a random race rather than first come, first served (validation against
     # a real Redis showed FCFS shortening the p95 wait by 13-30%).
-    pubsub_wakeup_jitter_s: float = Field(0.0005, ge=0, allow_inf_nan=False)
+    pubsub_wakeup_jitter_s: float = _delay(0.0005)
 
     @field_validator("cpu_us")
     @classmethod
@@ -52,9 +66,9 @@ class RedisModel(BaseModel):
         unknown = sorted(set(v) - set(DEFAULT_CPU_US))
         if unknown:
             raise ValueError(f"unknown command(s) {unknown}; known: {sorted(DEFAULT_CPU_US)}")
-        bad = {k: x for k, x in v.items() if not (x >= 0 and x < float("inf"))}
+        bad = {k: x for k, x in v.items() if not 0 <= x <= MAX_CPU_US}
         if bad:
-            raise ValueError(f"CPU cost must be finite and >= 0, got {bad}")
+            raise ValueError(f"CPU cost must be from 0 to {MAX_CPU_US:g} us, got {bad}")
         return {**DEFAULT_CPU_US, **v}
 
 
@@ -76,22 +90,22 @@ class ModelOptions(BaseModel):
 class ServiceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     task_types: list[str] = Field(min_length=1)
-    workers: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1, le=MAX_WORKERS)
 
 
 class NodeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1)
-    gpus: int | None = Field(None, ge=1)
+    gpus: int | None = Field(None, ge=1, le=MAX_GPUS_PER_NODE)
     config: str | dict[str, Any] | None = None
 
 
 class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     nodes: int | list[NodeSpec] = Field(1)
-    gpus_per_node: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=1, le=MAX_GPUS_PER_NODE)
     gpu_policy: Literal["pinned", "round_robin", "probe_all"] = "pinned"
-    workers_per_service: int = Field(8, ge=1)
+    workers_per_service: int = Field(8, ge=1, le=MAX_WORKERS)
     services: dict[str, ServiceSpec] | None = None
     redis: RedisModel = RedisModel()
     options: ModelOptions = ModelOptions()
@@ -101,6 +115,9 @@ class ClusterSpec(BaseModel):
     def _nodes(cls, v: int | list[NodeSpec]) -> int | list[NodeSpec]:
         if isinstance(v, int) and v < 1:
             raise ValueError("need at least one node")
+        count = v if isinstance(v, int) else len(v)
+        if count > MAX_NODES:
+            raise ValueError(f"at most {MAX_NODES} nodes, got {count}")
         if isinstance(v, list):
             if not v:
                 raise ValueError("need at least one node")
@@ -183,8 +200,7 @@ def build_cluster(spec: ClusterSpec, *, source: str = "<memory>",
 
 def load_cluster(path: str | Path) -> Cluster:
     source = str(path)
-    data, text = read_yaml(path, "cluster file")
-    data = {} if data is None else data
+    data, text = read_yaml(path, "cluster file")  # an empty file is an error there
     if not isinstance(data, Mapping):
         raise InputError("expected a YAML mapping", file=source, line=1)
     lines = key_lines(text)

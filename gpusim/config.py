@@ -20,19 +20,37 @@ from gpusim.errors import InputError, InputErrors
 from gpusim.yamlio import key_lines, line_of, read_yaml
 
 
+# Bounds on every duration setting, so a value the model cannot hold is refused here, by name,
+# rather than ending in a MemoryError or a loop that never finishes. The model steps a waiter
+# poll by poll and the monitor sweep by sweep: waits, polls and the event fallback are at most a
+# day, a poll at least a millisecond, a sweep or heartbeat at least a second (smaller is no real
+# setting and only multiplies the steps). TTLs and lock ages only set when something happens:
+# at most 366 days, the longest trace.
+MAX_WAIT_S = 86_400.0            # 1 day
+MAX_AGE_S = 366 * 86_400.0       # 366 days
+MIN_POLL_S = 0.001               # 1 ms
+MIN_SWEEP_S = 1.0                # 1 s
+
+
+def _seconds(default: float, *, least: float | None = None, most: float = MAX_WAIT_S) -> Any:
+    if least is None:
+        return Field(default, gt=0, le=most, allow_inf_nan=False)
+    return Field(default, ge=least, le=most, allow_inf_nan=False)
+
+
 class GpuLockConfig(BaseModel):
     """`gpu_lock`: defaults are YiVideo's `_get_default_gpu_lock_config()`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    poll_interval: float = Field(0.5, gt=0, allow_inf_nan=False)
-    max_wait_time: float = Field(300, gt=0, allow_inf_nan=False)
+    poll_interval: float = _seconds(0.5, least=MIN_POLL_S)
+    max_wait_time: float = _seconds(300)
     # Redis `SET ... EX` takes whole seconds, so YiVideo's lock_timeout must be an integer.
-    lock_timeout: int = Field(600, gt=0)
+    lock_timeout: int = Field(600, gt=0, le=int(MAX_AGE_S))
     exponential_backoff: bool = True
-    max_poll_interval: float = Field(5, gt=0, allow_inf_nan=False)
+    max_poll_interval: float = _seconds(5, least=MIN_POLL_S)
     use_event_driven: bool = True
-    fallback_timeout: float = Field(30, gt=0, allow_inf_nan=False)
+    fallback_timeout: float = _seconds(30)
 
     @field_validator("max_poll_interval")
     @classmethod
@@ -45,15 +63,15 @@ class GpuLockConfig(BaseModel):
 
 class TimeoutLevels(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    warning: float = Field(1800, gt=0)
-    soft_timeout: float = Field(3600, gt=0)
-    hard_timeout: float = Field(7200, gt=0)
+    warning: float = _seconds(1800, most=MAX_AGE_S)
+    soft_timeout: float = _seconds(3600, most=MAX_AGE_S)
+    hard_timeout: float = _seconds(7200, most=MAX_AGE_S)
 
 
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    interval: float = Field(60, gt=0)
-    timeout: float = Field(300, gt=0)
+    interval: float = _seconds(60, least=MIN_SWEEP_S)
+    timeout: float = _seconds(300, most=MAX_AGE_S)
 
 
 class GpuLockMonitorConfig(BaseModel):
@@ -64,7 +82,7 @@ class GpuLockMonitorConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    monitor_interval: float = Field(30, gt=0)
+    monitor_interval: float = _seconds(30, least=MIN_SWEEP_S)
     timeout_levels: TimeoutLevels = TimeoutLevels()
     heartbeat: Heartbeat = Heartbeat()
     enabled: bool = True

@@ -248,10 +248,20 @@ def test_unknown_suffix_and_missing_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_write_leaves_no_temp_file(tmp_path):
-    (tmp_path / "dir.jsonl").mkdir()  # os.replace onto a directory fails
-    with pytest.raises(OSError):
+def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    (tmp_path / "dir.jsonl").mkdir()  # a directory is refused before anything is written
+    with pytest.raises(InputError, match="is a directory") as info:
         write_trace(trace_from_rows(ROWS), tmp_path / "dir.jsonl")
+    assert info.value.file == str(tmp_path / "dir.jsonl")
+    assert [p.name for p in tmp_path.iterdir()] == ["dir.jsonl"]
+
+    # A failure after the checks (disk full, the folder removed meanwhile): monkeypatched, as
+    # no real file system fails on cue; the temp file must go and the error name the path.
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("gpusim.output.os.replace", full)
+    with pytest.raises(InputError, match="No space left on device"):
+        write_trace(trace_from_rows(ROWS), tmp_path / "t.jsonl")
     assert [p.name for p in tmp_path.iterdir()] == ["dir.jsonl"]
 
 

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from gpusim.cli.common import ExitCode, bad_input, out
+from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outputs,
+                               check_seed_option, out)
 from gpusim.cluster import Cluster, default_cluster, load_cluster
 from gpusim.config import load_lock_settings
 from gpusim.errors import InputError
 
 app = typer.Typer(help="Simulate YiVideo's Redis GPU lock on recorded traces.",
-                  no_args_is_help=True, add_completion=False)
+                  epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=False)
 
 
 def _cluster(path: Optional[Path], options: list[str]) -> Cluster:
@@ -37,16 +38,20 @@ def _cluster(path: Optional[Path], options: list[str]) -> Cluster:
 
 
 TraceArg = Annotated[Path, typer.Argument(help="Trace file (.jsonl or .csv, see traces/README.md)")]
-ClusterOpt = Annotated[Optional[Path], typer.Option("--cluster", "-k",
-                                                    help="Cluster YAML (default: one host, one GPU)")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of every random stream")]
+# Every option states its default in --help: a None default says in words what it means.
+ClusterOpt = Annotated[Optional[Path], typer.Option(
+    "--cluster", "-k", help="Cluster YAML", show_default="one host, one GPU")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every random stream, 0 to 2**64-1",
+                                      callback=check_seed_option)]
 RepsOpt = Annotated[int, typer.Option("--replications", "-r", min=1,
                                       help="Independent seeded replications (95% intervals)")]
 EngineOpt = Annotated[str, typer.Option(
-    help="fast (default, compiled), reference (SimPy, poll by poll) or parked (pure Python)")]
+    help="fast (compiled) or reference (SimPy, poll by poll: the specification)")]
 JobsOpt = Annotated[int, typer.Option(min=1, help="Processes for replications")]
+# no short flag: -o is the output file on every command
 OptionOpt = Annotated[list[str], typer.Option(
-    "--option", "-o", help="Model option NAME[=true|false], e.g. unique_owner_token")]
+    "--option", help="Model option NAME[=true|false], e.g. unique_owner_token (repeatable)",
+    show_default="none")]
 
 
 def _fmt(v: object) -> str:
@@ -85,7 +90,7 @@ def print_result(res, title: str) -> None:  # noqa: ANN001 - SimulationResult
     out().print(bt)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def simulate(
     trace: TraceArg,
     config: Annotated[Path, typer.Option("--config", "-c",
@@ -96,14 +101,18 @@ def simulate(
     engine: EngineOpt = "fast",
     jobs: JobsOpt = 1,
     option: OptionOpt = [],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result JSON")] = None,
-    records: Annotated[Optional[Path], typer.Option(help="Write per-task records (JSONL)")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", "-o", help="Write the result JSON", show_default="not written")] = None,
+    records: Annotated[Optional[Path], typer.Option(
+        help="Write per-task records (JSONL)", show_default="not written")] = None,
 ) -> None:
     """Replay TRACE under one gpu_lock config and report waits, timeouts, safety, Redis load."""
-    from gpusim.simulation import records_jsonl, simulate as run
+    from gpusim.simulation import check_seed, records_jsonl, simulate as run
     from gpusim.output import atomic_write_text
     from gpusim.traces.format import load_trace
     try:
+        check_seed(seed)
+        check_outputs(json_out, records)  # before the run: a bad path should cost no wait
         tr = load_trace(trace)
         settings = load_lock_settings(config)
         cl = _cluster(cluster, option)
@@ -120,19 +129,21 @@ def simulate(
     print_result(res, f"{trace} under {config}")
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def compare(
     trace: TraceArg,
     baseline: Annotated[Path, typer.Option(help="Today's config.yml")],
     candidate: Annotated[Path, typer.Option(help="The config to judge")],
     cluster: ClusterOpt = None,
-    thresholds: Annotated[Optional[Path], typer.Option(help="Thresholds YAML (default: spec)")] = None,
+    thresholds: Annotated[Optional[Path], typer.Option(
+        help="Thresholds YAML", show_default="the spec's GPU_LOCK_CONFIG_001")] = None,
     seed: SeedOpt = 0,
     replications: RepsOpt = 3,
     engine: EngineOpt = "fast",
     jobs: JobsOpt = 1,
     option: OptionOpt = [],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the comparison JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", "-o", help="Write the comparison JSON", show_default="not written")] = None,
 ) -> None:
     """Replay TRACE under both configs (common random numbers) and apply the spec's gates.
 
@@ -140,8 +151,11 @@ def compare(
     from gpusim.acceptance import load_thresholds, summary_rows
     from gpusim.compare import compare as run
     from gpusim.output import atomic_write_text
+    from gpusim.simulation import check_seed
     from gpusim.traces.format import load_trace
     try:
+        check_seed(seed)
+        check_outputs(json_out)
         tr = load_trace(trace)
         base_s = load_lock_settings(baseline)
         cand_s = load_lock_settings(candidate)

@@ -13,8 +13,10 @@ from rich.markup import escape
 
 from gpusim.errors import InputError
 from gpusim.exitcodes import EXIT_CODES_HELP, ExitCode
+from gpusim.output import check_output_path
 
-__all__ = ["EXIT_CODES_HELP", "ExitCode", "out", "err", "fail", "bad_input", "main"]
+__all__ = ["EXIT_CODES_HELP", "ExitCode", "out", "err", "fail", "bad_input", "main",
+           "check_outputs", "check_seed_option"]
 
 
 class _ClosedSafe:
@@ -74,13 +76,35 @@ def err() -> Console:
 
 
 def fail(message: str, code: ExitCode = ExitCode.BAD_INPUT) -> typer.Exit:
-    """Print `error: message` to stderr; return the Exit to raise."""
-    err().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print `error: message` to stderr, one line per error (several when a file has several
+    bad rows); return the Exit to raise."""
+    for line in message.splitlines() or [""]:
+        err().print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(int(code))
 
 
 def bad_input(e: InputError) -> typer.Exit:
     return fail(e.render(), ExitCode.BAD_INPUT)
+
+
+def check_outputs(*paths: object) -> None:
+    """Check output paths before the work starts, so a bad one costs no wait; the same file
+    named for two outputs would keep only the last."""
+    given = [str(p) for p in paths if p is not None]
+    for p in given:
+        check_output_path(p)
+    real = [os.path.realpath(p) for p in given]
+    for i, p in enumerate(real):
+        if p in real[:i]:
+            raise InputError("the same file is named for two outputs", file=given[i])
+
+
+def check_seed_option(value: int) -> int:
+    """typer callback for --seed: the range gpusim.simulation.check_seed enforces (numpy's
+    SeedSequence entropy), checked here too so `trace synth` need not import the engines."""
+    if not 0 <= value < 2 ** 64:
+        raise typer.BadParameter(f"must be an integer from 0 to 2**64-1, got {value}")
+    return value
 
 
 def main(app: typer.Typer, argv: list[str] | None = None) -> NoReturn:
@@ -95,18 +119,24 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> NoReturn:
         bad_input(e)
         rv = ExitCode.BAD_INPUT
     except Exception as e:  # click's usage errors (a bad option, a missing argument)
-        if not (hasattr(e, "show") and hasattr(e, "exit_code")):
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
             raise
-        try:
-            e.show()
-        except BrokenPipeError:
-            pass
+        _usage_error(e)
         rv = ExitCode.BAD_INPUT
     code = int(rv) if isinstance(rv, int) else 0
     if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130)
         _interrupted()
     _flush_quietly()
     sys.exit(code)
+
+
+def _usage_error(e: Exception) -> None:
+    """click's usage box (usage line, hint, framed message) as one line."""
+    message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    fail(message)
 
 
 def _interrupted() -> None:

@@ -1,8 +1,9 @@
 """`gpusim trace ...`: make and convert trace files (thin typer layer over synth and import).
 
 Bad input of any kind (options, spec file, CSV rows) prints the errors, one per line, to stderr
-and exits with code 2; the output file is written atomically at the very end, so a failed run
-leaves no file behind.
+and exits with code 2. The output path is checked before any work, and the file is written
+atomically before anything is printed, so a failed run leaves no file behind and a closed
+stdout loses nothing.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from gpusim.cli.common import (EXIT_CODES_HELP, bad_input, check_outputs, check_seed_option,
+                               out as stdout)
 from gpusim.errors import InputError
 from gpusim.traces.synth import SynthSpec, load_spec, spec_errors, synthesize
 from gpusim.traces.format import Trace, trace_format, write_rows, write_trace
 from gpusim.traces.csv_import import DURATION_UNITS, import_csv, parse_mapping
 
 trace_app = typer.Typer(help="Make and convert GPU task traces (synthetic workloads, CSV import).",
-                        no_args_is_help=True)
-
-EXIT_BAD_INPUT = 2
+                        epilog=EXIT_CODES_HELP, no_args_is_help=True)
 
 
 class ArrivalKind(str, Enum):
@@ -41,9 +42,12 @@ def _run(fn: Callable[[], None]) -> None:
     try:
         fn()
     except InputError as exc:
-        for line in str(exc).splitlines():
-            typer.echo(f"error: {line}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise bad_input(exc) from None
+
+
+def _say(text: str) -> None:
+    """Plain text to stdout through the closed-pipe-safe console (no markup: paths may hold [])."""
+    stdout().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -111,70 +115,73 @@ def summary(trace: Trace, spec: SynthSpec, seed: int, out: Path) -> str:
     return "\n".join(lines)
 
 
-@trace_app.command("synth")
+# The options of `trace synth` default to None so that only those given override --spec; their
+# defaults (SynthSpec's) are stated with show_default, since a "[default: 24]" written into a
+# help string is read by rich as a markup tag and vanishes.
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output trace (.jsonl or .csv, optionally .gz).")]
+
+
+@trace_app.command("synth", epilog=EXIT_CODES_HELP)
 def synth_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Output trace (.jsonl or .csv, optionally .gz).")],
-    hours: Annotated[float | None, typer.Option(help="Trace length in hours [default: 24].")] = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs in total [default: 1].")] = None,
-    nodes: Annotated[int | None, typer.Option(help="Nodes; gpus must be a multiple [default: 1].")] = None,
-    load: Annotated[float | None, typer.Option(help="Offered load per GPU [default: 0.5].")] = None,
-    rate_per_hour: Annotated[float | None, typer.Option(help="Arrivals per hour (instead of --load).")] = None,
-    arrivals: Annotated[ArrivalKind | None, typer.Option(help="Arrival process [default: poisson].")] = None,
-    mix: Annotated[str | None, typer.Option(help="Type weights, e.g. paddleocr=0.6,ffmpeg=0.3,faster_whisper=0.1.")] = None,
-    crash_prob: Annotated[float | None, typer.Option(help="Chance a holder's worker dies [default: 0].")] = None,
-    placement: Annotated[Placement | None, typer.Option(help="random: node/gpu per task; none: unset.")] = None,
-    spec: Annotated[Path | None, typer.Option(help="YAML SynthSpec; options given here override it.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same bytes.")] = 0,
+    out: OutOpt,
+    hours: Annotated[float | None, typer.Option(help="Trace length in hours, at most 8784 (366 days).", show_default="24")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs in total.", show_default="1")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Nodes; gpus must be a multiple.", show_default="1")] = None,
+    load: Annotated[float | None, typer.Option(help="Offered load per GPU.", show_default="0.5")] = None,
+    rate_per_hour: Annotated[float | None, typer.Option(help="Arrivals per hour (instead of --load).", show_default="from --load")] = None,
+    arrivals: Annotated[ArrivalKind | None, typer.Option(help="Arrival process.", show_default="poisson")] = None,
+    mix: Annotated[str | None, typer.Option(help="Type weights, e.g. paddleocr=0.6,ffmpeg=0.3,faster_whisper=0.1.", show_default="paddleocr=0.6,ffmpeg=0.3,faster_whisper=0.1")] = None,
+    crash_prob: Annotated[float | None, typer.Option(help="Chance a holder's worker dies.", show_default="0")] = None,
+    placement: Annotated[Placement | None, typer.Option(help="random: node/gpu per task; none: unset.", show_default="random")] = None,
+    spec: Annotated[Path | None, typer.Option(help="YAML SynthSpec; options given here override it.", show_default="none")] = None,
+    seed: Annotated[int, typer.Option(help="Seed, 0 to 2**64-1: same seed, same bytes.", callback=check_seed_option)] = 0,
 ) -> None:
-    """Generate a seeded synthetic YiVideo-like workload."""
+    """Generate a seeded synthetic YiVideo-like workload (at most 10 million tasks)."""
     def go() -> None:
         trace_format(str(out))  # reject an unknown suffix before doing any work
+        check_outputs(out)
         built = build_spec(spec, hours=hours, gpus=gpus, nodes=nodes, load=load,
                            rate_per_hour=rate_per_hour,
                            arrivals=arrivals.value if arrivals else None, mix=mix,
                            crash_prob=crash_prob,
                            placement=placement.value if placement else None)
         trace = synthesize(built, seed)
-        _write(lambda: write_trace(trace, out), out)
-        typer.echo(summary(trace, built, seed, out))
+        write_trace(trace, out)  # written before anything is printed
+        _say(summary(trace, built, seed, out))
     _run(go)
 
 
-@trace_app.command("import")
+@trace_app.command("import", epilog=EXIT_CODES_HELP)
 def import_cmd(
     src: Annotated[Path, typer.Argument(help="Source CSV (optionally .gz).")],
-    out: Annotated[Path, typer.Option("--out", help="Output trace (.jsonl or .csv).")],
+    out: OutOpt,
     arrival_col: Annotated[str, typer.Option(help="Column with the start (arrival) time.")],
     type_col: Annotated[str, typer.Option(help="Column with the task type.")],
     time_format: Annotated[str, typer.Option(help="iso | seconds | epoch | epoch_ms | a strptime pattern (naive = UTC).")] = "iso",
-    duration_col: Annotated[str | None, typer.Option(help="Column with the GPU hold time.")] = None,
+    duration_col: Annotated[str | None, typer.Option(help="Column with the GPU hold time (or give --end-col).", show_default="none")] = None,
     duration_unit: Annotated[str, typer.Option(help=f"Unit of --duration-col: {', '.join(DURATION_UNITS)}.")] = "s",
-    end_col: Annotated[str | None, typer.Option(help="Column with the end time (duration = end - start).")] = None,
-    id_col: Annotated[str | None, typer.Option(help="Column with a unique task id.")] = None,
-    node_col: Annotated[str | None, typer.Option(help="Column with the node name.")] = None,
-    gpu_col: Annotated[str | None, typer.Option(help="Column with the GPU index.")] = None,
-    filter: Annotated[list[str] | None, typer.Option("--filter", help="Keep rows with COL=VALUE / COL!=VALUE (repeatable).")] = None,
-    type_map: Annotated[list[str] | None, typer.Option(help="Rename a task type OLD=NEW (repeatable).")] = None,
+    end_col: Annotated[str | None, typer.Option(help="Column with the end time (duration = end - start).", show_default="none")] = None,
+    id_col: Annotated[str | None, typer.Option(help="Column with a unique task id.", show_default="<source stem>:<line>")] = None,
+    node_col: Annotated[str | None, typer.Option(help="Column with the node name.", show_default="none: node unset")] = None,
+    gpu_col: Annotated[str | None, typer.Option(help="Column with the GPU index.", show_default="none: gpu unset")] = None,
+    filter: Annotated[list[str] | None, typer.Option("--filter", help="Keep rows with COL=VALUE / COL!=VALUE (repeatable).", show_default="none: keep every row")] = None,
+    type_map: Annotated[list[str] | None, typer.Option(help="Rename a task type OLD=NEW (repeatable).", show_default="none")] = None,
 ) -> None:
     """Map a CSV job log onto the trace format."""
     def go() -> None:
         trace_format(str(out))
+        check_outputs(out)
         result = import_csv(src, arrival_col=arrival_col, type_col=type_col,
                             time_format=time_format, duration_col=duration_col,
                             duration_unit=duration_unit, end_col=end_col, id_col=id_col,
                             node_col=node_col, gpu_col=gpu_col, filters=filter or (),
                             type_map=parse_mapping(type_map or (), "type-map"))
-        _write(lambda: write_rows(result.rows, out), out)
-        typer.echo(f"wrote {out}: {result.summary()}")
+        write_rows(result.rows, out)  # written before anything is printed
+        _say(f"wrote {out}: {result.summary()}")
     _run(go)
 
 
-def _write(write: Callable[[], None], out: Path) -> None:
-    try:
-        write()
-    except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror or exc}", file=str(out)) from None
-
-
 if __name__ == "__main__":
-    trace_app()
+    from gpusim.cli.common import main
+
+    main(trace_app)

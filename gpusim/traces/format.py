@@ -36,6 +36,12 @@ MAX_REPORTED_ERRORS = 50
 
 _ONE_SECOND = timedelta(seconds=1)
 
+#: Longest trace (last arrival after the first) and longest hold the model takes: 366 days each.
+#: The engines size per-minute arrays by the run's horizon, so a time of 1e12 s would ask for
+#: millions of megabytes; a year (a leap year included) covers any recorded workload.
+MAX_SPAN_S = 366 * 86400.0
+MAX_DURATION_S = 366 * 86400.0
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -120,8 +126,8 @@ def parse_timestamp(value: str) -> datetime:
 
 
 _NonEmpty = Annotated[str, Field(min_length=1)]
-_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-_Hold = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+_Seconds = Annotated[float, Field(ge=0, le=MAX_SPAN_S, allow_inf_nan=False)]
+_Hold = Annotated[float, Field(gt=0, le=MAX_DURATION_S, allow_inf_nan=False)]
 _GpuIndex = Annotated[int, Field(ge=0)]
 _Timestamp = Annotated[str, AfterValidator(parse_timestamp)]
 
@@ -337,6 +343,7 @@ def _validate(rows: list[dict], lines: list[int], source: str, *, strict: bool,
         # timedelta arithmetic is exact in microseconds, epoch floats are not.
         arrivals = [(r["timestamp"] - t0) / _ONE_SECOND for r in valid]
         start_epoch: float | None = t0.timestamp()
+        _check_span(arrivals, lines, source)
     else:
         base = min(r["arrival_s"] for r in valid)
         arrivals = [r["arrival_s"] - base for r in valid]
@@ -389,7 +396,19 @@ def _row_error(err: Mapping[str, Any], lines: list[int], source: str) -> InputEr
     if err["type"] == "missing":
         return InputError("required field is missing", file=source, line=line, field=field)
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "less_than_equal" and field in ("arrival_s", "duration_s"):
+        msg = (f"must be at most {err['ctx']['le']:.0f} s (366 days: the longest trace and "
+               "the longest hold gpusim models)")
     return InputError(f"{msg} (got {err['input']!r})", file=source, line=line, field=field)
+
+
+def _check_span(arrivals: list[float], lines: list[int], source: str) -> None:
+    """Timestamps may lie anywhere in time, but the first and last at most MAX_SPAN_S apart."""
+    last = max(range(len(arrivals)), key=arrivals.__getitem__)
+    if arrivals[last] > MAX_SPAN_S:
+        raise InputError(f"the trace spans {arrivals[last] / 86400:.6g} days; at most 366 days "
+                         f"({MAX_SPAN_S:.0f} s) from the first arrival", file=source,
+                         line=lines[last], field="timestamp")
 
 
 def _time_mode_errors(rows: list[dict], lines: list[int], source: str) -> list[InputError]:

@@ -23,11 +23,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpusim.errors import InputError, InputErrors
-from gpusim.traces.format import Trace, make_trace
+from gpusim.traces.format import MAX_DURATION_S, MAX_SPAN_S, Trace, make_trace
+from gpusim.yamlio import read_yaml
 
 STREAMS = ("arrivals", "types", "durations", "placement", "crashes")
 DEFAULT_LOAD = 0.5
 DAY_S = 86400.0
+
+# Sizes a synthetic trace may have: what a trace file may hold (366 days, holds of at most 366
+# days) and what fits in memory a few times over (every task is a Python object and a JSON line).
+MAX_HOURS = MAX_SPAN_S / 3600.0      # 8784 h
+MAX_TASKS = 10_000_000               # expected arrivals (rate x hours)
+MAX_GPUS = 1024 * 1024               # the cluster file's bound: 1024 nodes x 1024 GPUs
+MAX_NODES = 1024
+_Hold = Field(gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
@@ -45,7 +54,7 @@ class _Model(BaseModel):
 
 class Exponential(_Model):
     dist: Literal["exponential"] = "exponential"
-    mean_s: float = Field(gt=0, allow_inf_nan=False)
+    mean_s: float = _Hold
 
     def mean(self) -> float:
         return self.mean_s
@@ -57,10 +66,10 @@ class Exponential(_Model):
 class LogNormal(_Model):
     """Give (median_s, sigma) or (mean_s, cv); sigma is the sd of log(duration)."""
     dist: Literal["lognormal"] = "lognormal"
-    median_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    sigma: float | None = Field(None, ge=0, allow_inf_nan=False)
-    mean_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    cv: float | None = Field(None, ge=0, allow_inf_nan=False)
+    median_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
+    sigma: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
+    mean_s: float | None = Field(None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
+    cv: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_pair(self) -> LogNormal:
@@ -89,8 +98,8 @@ class LogNormal(_Model):
 
 class Uniform(_Model):
     dist: Literal["uniform"] = "uniform"
-    low_s: float = Field(gt=0, allow_inf_nan=False)
-    high_s: float = Field(gt=0, allow_inf_nan=False)
+    low_s: float = _Hold
+    high_s: float = _Hold
 
     @model_validator(mode="after")
     def _ordered(self) -> Uniform:
@@ -107,7 +116,7 @@ class Uniform(_Model):
 
 class Deterministic(_Model):
     dist: Literal["deterministic"] = "deterministic"
-    value_s: float = Field(gt=0, allow_inf_nan=False)
+    value_s: float = _Hold
 
     def mean(self) -> float:
         return self.value_s
@@ -118,8 +127,8 @@ class Deterministic(_Model):
 
 class Gamma(_Model):
     dist: Literal["gamma"] = "gamma"
-    mean_s: float = Field(gt=0, allow_inf_nan=False)
-    cv: float = Field(gt=0, allow_inf_nan=False)
+    mean_s: float = _Hold
+    cv: float = Field(gt=0, le=100, allow_inf_nan=False)
 
     def mean(self) -> float:
         return self.mean_s
@@ -158,8 +167,9 @@ class Bursty(_Model):
     fraction burst_fraction of the time is bursty and the long-run mean rate is the one asked.
     """
     kind: Literal["bursty"] = "bursty"
-    burst_factor: float = Field(5.0, gt=1, allow_inf_nan=False)
-    mean_burst_s: float = Field(600.0, gt=0, allow_inf_nan=False)
+    burst_factor: float = Field(5.0, gt=1, le=1000, allow_inf_nan=False)
+    # at least a second: the spells are drawn one by one in Python
+    mean_burst_s: float = Field(600.0, ge=1, le=MAX_SPAN_S, allow_inf_nan=False)
     burst_fraction: float = Field(0.2, gt=0, lt=1)
 
     def rates(self, rate: float) -> tuple[float, float]:
@@ -189,7 +199,7 @@ class Diurnal(_Model):
     whole days.
     """
     kind: Literal["diurnal"] = "diurnal"
-    peak_trough_ratio: float = Field(3.0, ge=1, allow_inf_nan=False)
+    peak_trough_ratio: float = Field(3.0, ge=1, le=1000, allow_inf_nan=False)
     peak_hour: float = Field(14.0, ge=0, lt=24)
     start_hour: float = Field(0.0, ge=0, lt=24)
 
@@ -226,9 +236,9 @@ def yivideo_types() -> dict[str, TaskTypeSpec]:
 class SynthSpec(_Model):
     """What to generate. Give ``load`` (offered load per GPU) or ``rate_per_hour``, not both;
     with neither the load is DEFAULT_LOAD. Offered load = rate * mean duration / gpus."""
-    hours: float = Field(24.0, gt=0, allow_inf_nan=False)
-    gpus: int = Field(1, ge=1)                 # total, spread evenly over the nodes
-    nodes: int = Field(1, ge=1)
+    hours: float = Field(24.0, gt=0, le=MAX_HOURS, allow_inf_nan=False)
+    gpus: int = Field(1, ge=1, le=MAX_GPUS)    # total, spread evenly over the nodes
+    nodes: int = Field(1, ge=1, le=MAX_NODES)
     placement: Literal["random", "none"] = "random"   # none: leave node/gpu unset
     load: float | None = Field(None, gt=0, allow_inf_nan=False)
     rate_per_hour: float | None = Field(None, gt=0, allow_inf_nan=False)
@@ -247,6 +257,11 @@ class SynthSpec(_Model):
             raise ValueError(f"type weights must sum to 1, they sum to {total:.6g}")
         if any(not name for name in self.types):
             raise ValueError("type names must be non-empty")
+        expected = self.rate_per_s * self.hours * 3600.0
+        if not expected <= MAX_TASKS:
+            raise ValueError(f"{expected:.3g} tasks expected ({self.rate_per_s * 3600:.4g}/h "
+                             f"for {self.hours:g} h); at most {MAX_TASKS:,}: lower the load, "
+                             "the rate, the GPUs or the hours")
         return self
 
     @property
@@ -282,9 +297,11 @@ def synthesize(spec: SynthSpec, seed: int) -> Trace:
     for k, name in enumerate(names):
         mask = kinds == k
         durations[mask] = spec.types[name].duration.sample(rng["durations"], int(mask.sum()))
-        if np.any(durations[mask] <= 0) or not np.all(np.isfinite(durations[mask])):
-            raise InputError(f"the {name} distribution drew a duration that is not finite "
-                             "and > 0 (cv too large?)", field=f"types.{name}.duration")
+        drawn = durations[mask]
+        if np.any(drawn <= 0) or not np.all(drawn <= MAX_DURATION_S):
+            raise InputError(f"the {name} distribution drew a duration that is not > 0 and at "
+                             f"most {MAX_DURATION_S:.0f} s (366 days): cv or sigma too large?",
+                             field=f"types.{name}.duration")
 
     slot = rng["placement"].integers(0, spec.gpus, n)
     per_node = spec.gpus // spec.nodes
@@ -364,29 +381,16 @@ _TAGS = {"poisson", "bursty", "diurnal", "exponential", "lognormal", "uniform", 
 
 
 def load_spec(path: str | Path) -> SynthSpec:
-    """Read a SynthSpec from YAML; a bad key is an InputError naming file, line and field."""
+    """Read a SynthSpec from YAML; a bad key is an InputError naming file, line and field.
+    An empty file and a key given twice are errors (gpusim.yamlio.read_yaml)."""
     source = str(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", file=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read: {exc}", file=source) from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=source,
-                         line=mark.line + 1 if mark else None) from None
-    if data is None:
-        data = {}
+    data, text = read_yaml(source, "synth spec file")
     if not isinstance(data, dict):
         raise InputError("expected a mapping of spec keys", file=source, line=1)
     try:
         return SynthSpec.model_validate(data)
     except ValidationError as exc:
-        raise spec_errors(exc, file=source, node=node) from None
+        raise spec_errors(exc, file=source, node=yaml.compose(text)) from None
 
 
 def spec_errors(exc: ValidationError, *, file: str | None = None,
