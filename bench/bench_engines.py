@@ -24,26 +24,26 @@ WEEK_H = 168.0
 
 
 def _week_trace(hours: float):
-    from gpusim.traces.synth import SynthSpec, synthesize
+    from gpusim import SynthSpec, synthesize
     # 16 GPUs on 4 nodes at offered load 0.8: about 120,000 YiVideo-mix tasks a week
     return synthesize(SynthSpec(hours=hours, gpus=16, nodes=4, load=0.8), seed=2026)
 
 
 def _cluster():
-    from gpusim.cluster import ClusterSpec, build_cluster
+    from gpusim import ClusterSpec, build_cluster
     return build_cluster(ClusterSpec(nodes=4, gpus_per_node=4, workers_per_service=64))
 
 
 def _config(poll: float):
-    from gpusim.config import GpuLockConfig
+    from gpusim import GpuLockConfig
     # the spec's candidate, polling path (the path whose cost grows with the poll rate)
     return GpuLockConfig(poll_interval=poll, max_wait_time=300, lock_timeout=600,
                          max_poll_interval=5, use_event_driven=False)
 
 
 def _warm_up(engine: str) -> float:
-    from gpusim.simulation import simulate
-    from gpusim.traces.format import trace_from_rows
+    from gpusim import simulate
+    from gpusim import trace_from_rows
     t0 = time.perf_counter()
     simulate(trace_from_rows([{"task_type": "ocr", "arrival_s": 0.0, "duration_s": 1.0}]),
              _config(0.5), _cluster(), seed=0, engine=engine)
@@ -51,11 +51,11 @@ def _warm_up(engine: str) -> float:
 
 
 def _measure(kind: str, hours: float, engine: str, poll: float, tasks: int, out) -> None:
-    from gpusim.simulation import simulate
+    from gpusim import simulate
     warm = _warm_up(engine)
     if kind == "million":
-        from gpusim.traces.synth import SynthSpec, synthesize
-        from gpusim.traces.format import Trace
+        from gpusim import SynthSpec, synthesize
+        from gpusim import Trace
         spec = SynthSpec(hours=hours, gpus=16, nodes=4, load=0.8)
         # a little longer than needed, then exactly `tasks` tasks (the first ones)
         trace = synthesize(spec.model_copy(update={"hours": hours * tasks / 115_000}),

@@ -1,4 +1,8 @@
-"""Hypothesis strategies: random traces, lock configs and clusters small enough to run fast."""
+"""Hypothesis strategies: random traces, lock configs and clusters small enough to run fast.
+
+The tests that use them check exact invariants or exact equality per drawn case, never a
+statistical band, so a drawn case cannot fail by chance (see test_properties).
+"""
 
 from __future__ import annotations
 

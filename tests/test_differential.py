@@ -2,6 +2,11 @@
 
 `fast` (the default) is the compiled transcription of the model (gpusim.engines.compiled); it
 must reproduce the SimPy reference (gpusim.model.reference) bit for bit.
+
+No test here judges a random outcome within a band: every comparison is exact equality, so a
+failure is a real difference between the engines, never chance. Hypothesis draws new cases each
+run (and replays past failures from its database); the other tests run fixed seeds and are
+deterministic.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ def test_engines_agree_on_a_busy_sample_trace(sample_1gpu_trace, cfg):
 def test_skipped_polls_are_most_polls(sample_1gpu_trace):
     """The compiled engine must actually skip: on a congested polling run, the events it
     processes are far fewer than the polls it counts (otherwise its cost follows the poll rate)."""
+    # Deterministic (seed 1). Measured: polls / events ~ 186 (180-186 over seeds 1-3) against
+    # the 20 required, events / tasks ~ 7.6 against the 4 required: far from both bounds.
     cfg = GpuLockConfig(poll_interval=0.05, max_wait_time=300, lock_timeout=600,
                         max_poll_interval=0.05, use_event_driven=False)
     model = CompiledModel(sample_1gpu_trace, __import__("gpusim.cluster").cluster
@@ -115,7 +122,7 @@ def test_minute_bins_use_python_floor_division():
     Python's t // 60.0, also a hair below a minute boundary, where floor(t / 60) and t // 60
     can differ."""
     from gpusim.timebins import minute_of
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # exact comparison: any seed must pass, none can by chance
     edges = np.arange(1, 200_000) * 60.0
     times = np.concatenate([rng.uniform(0, 1e7, 20_000), edges, np.nextafter(edges, 0),
                             np.nextafter(edges, np.inf), [0.0, 5e-324, 59.99999999999999]])

@@ -4,6 +4,10 @@ Each expected sequence below is derived by hand from the algorithm in
 shared/design/yivideo-lock.md (and YiVideo's services/common/locks.py), step by step, with
 h = rtt/2 one-way latency: a command sent at client time c runs on the server at c + h and
 its reply is back at c + 2h.
+
+All deterministic: each test runs the model with a fixed seed and, where jitter matters, derives
+the expected times from the same random stream (gpusim.rng), so nothing is judged against a
+statistical band. The one test about randomness (the thundering herd) states its odds.
 """
 
 from __future__ import annotations
@@ -218,7 +222,7 @@ def test_lost_wakeup_when_release_lands_before_subscribe():
 def test_monitor_frees_a_dead_holders_key_before_its_ttl():
     """Monitor on: a crashed holder's key is deleted at the first check past soft_timeout once
     its heartbeat has lapsed, long before the TTL; with the monitor off only the TTL frees it."""
-    cfg = GpuLockConfig(poll_interval=1, max_wait_time=20000, lock_timeout=100000,
+    cfg = GpuLockConfig(poll_interval=1, max_wait_time=20000, lock_timeout=86400,
                         max_poll_interval=1, use_event_driven=False, exponential_backoff=False)
     rows = [{"task_type": "a", "arrival_s": 0.0, "duration_s": 10.0, "crashed": True},
             {"task_type": "b", "arrival_s": 1.0, "duration_s": 5.0}]
@@ -230,7 +234,7 @@ def test_monitor_frees_a_dead_holders_key_before_its_ttl():
     assert log.holds[0].end_s == pytest.approx(3630.0)
     assert 3630.0 < b.acquired_s < 3630.0 + 1 + 2 * RTT
     log2, _, _ = run_model(rows, cfg)
-    assert log2.records[1].outcome == "timeout"  # 20000 s of waiting, TTL is 100000 s
+    assert log2.records[1].outcome == "timeout"  # 20000 s of waiting, TTL is 86400 s
 
 
 def test_hosts_sharing_one_redis_contend_for_one_key():
@@ -283,4 +287,7 @@ def test_thundering_herd_is_a_random_race():
                 if c == "GET" and who > 0 and pub < t < pub + 2 * H + jitter + 1e-9]
         assert len(gets) == 5  # the whole herd tries once
         assert all(pub + 2 * H <= t < pub + 2 * H + jitter for t in gets)
-    assert len(winners) >= 3, winners  # 12 seeds, 5 equally likely winners
+    # Deterministic for seeds 0..11 (the first twelve, not picked to pass). With 5 equally
+    # likely winners, fresh seeds would give fewer than 3 distinct winners in 12 races with
+    # probability (5 + 10 (2^12 - 2)) / 5^12 = 1.7e-4.
+    assert len(winners) >= 3, winners

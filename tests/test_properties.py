@@ -1,4 +1,10 @@
-"""Invariants that hold for every trace, cluster and config (hypothesis)."""
+"""Invariants that hold for every trace, cluster and config (hypothesis).
+
+Each assertion is an exact invariant of one generated case (no statistical band), so none fails
+by chance: a failure is a counterexample, which hypothesis shrinks and prints with the seed that
+reproduces it. Which cases are drawn changes from run to run (hypothesis' random seed), so a
+rare bug may surface in one run and not another; the example database replays it locally.
+"""
 
 from __future__ import annotations
 
@@ -70,6 +76,8 @@ def test_wait_never_exceeds_max_wait_plus_one_sleep(sc):
     rtt = cluster.redis.rtt_s
     max_gpus = max(n.gpus for n in cluster.nodes)
     keys_per_try = max_gpus if cluster.gpu_policy == "probe_all" else 1
+    # the jitter factor lies in [0.8, 1.2] by construction (gpusim.rng.jitter_factor): a bound,
+    # not a band, so this holds for every seed
     sleep = cfg.max_poll_interval * 1.2 if cfg.exponential_backoff else cfg.poll_interval
     one_try = keys_per_try * 2 * rtt
     for r in log.records:
