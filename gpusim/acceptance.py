@@ -55,7 +55,6 @@ def load_thresholds(path: str | Path | None) -> Thresholds:
             for e in err.errors()]) from None
 
 
-
 @dataclass(frozen=True)
 class Criterion:
     name: str

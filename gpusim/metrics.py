@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from enum import Enum
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
 
 from gpusim.cluster import COMMANDS, RedisModel
 from gpusim.records import (LOST_REASONS, OUTCOMES, HoldEnd, LostReason, Outcome, RunLog,
@@ -95,7 +93,8 @@ def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
         Metric.LATENCY_MEAN.value: float(latency.mean()) if n else None,
         Metric.LATENCY_P95.value: _pct(latency, 95),
         Metric.POLLS.value: int(t.attempts.sum()),
-        Metric.LOCK_EXPIRED_WHILE_HELD.value: int((lost == LOST_REASONS.index(LostReason.EXPIRED)).sum()),
+        Metric.LOCK_EXPIRED_WHILE_HELD.value:
+            int((lost == LOST_REASONS.index(LostReason.EXPIRED)).sum()),
         Metric.LOCK_LOST_WHILE_HELD.value: int((lost >= 0).sum()),
         Metric.MISSED_WAKEUPS.value: int(t.missed_wakeups.sum()),
         Metric.EVENT_FALLBACKS.value: int(t.fell_back.sum()),

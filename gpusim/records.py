@@ -118,7 +118,6 @@ class RunLog:
 # as sequences of TaskRecord / KeyHold (built on access), so every consumer of records works.
 
 
-
 def _code(value: str | None, names: tuple[str, ...]) -> int:
     return -1 if value is None else names.index(value)
 

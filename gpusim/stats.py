@@ -51,6 +51,13 @@ BOOTSTRAP_REPS = 2000
 PASS, FAIL, INCONCLUSIVE, INFO, NA = "PASS", "FAIL", "INCONCLUSIVE", "INFO", "N/A"
 
 
+def _relative_to_zero(ms: float) -> Interval:
+    """A relative error against a real mean of zero: none if both are zero, else unbounded."""
+    if ms == 0:
+        return 0.0, 0.0, 0.0, "both zero"
+    return math.inf, math.inf, math.inf, "real mean is zero"
+
+
 def welch_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
     """Welch-type 95% interval on sim - real (abs) or sim/real - 1 (rel, delta method of the
     ratio of means), carrying the spread of both sides with Welch-Satterthwaite degrees of
@@ -73,9 +80,7 @@ def welch_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
         ar, as_ = vr / nr, vs / ns
     else:
         if mr == 0:
-            if ms == 0:
-                return 0.0, 0.0, 0.0, "both zero"
-            return math.inf, math.inf, math.inf, "real mean is zero"
+            return _relative_to_zero(ms)
         err = ms / mr - 1.0
         ar, as_ = (ms ** 2) * vr / nr / mr ** 4, vs / ns / mr ** 2
     se = math.sqrt(ar + as_)
@@ -100,9 +105,7 @@ def paired_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
         err, z = ms - mr, sim - real
     else:
         if mr == 0:
-            if ms == 0:
-                return 0.0, 0.0, 0.0, "both zero"
-            return math.inf, math.inf, math.inf, "real mean is zero"
+            return _relative_to_zero(ms)
         err = ms / mr - 1.0
         z = (sim - (ms / mr) * real) / mr
     se = float(z.std(ddof=1)) / math.sqrt(n)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
-import time
 
 import numpy as np
 import pytest
@@ -265,21 +263,25 @@ def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["dir.jsonl"]
 
 
-def test_load_is_fast(tmp_path):
-    """100k rows well within budget (1M rows load in about 6 s on a 2-core CI box)."""
+def test_a_large_file_loads_every_row_exactly(tmp_path):
+    """100k rows: every row arrives, in order, with its own fields (loading speed is measured by
+    the benchmarks under bench/, not asserted in a test). Deterministic: a fixed-seed file."""
     path = tmp_path / "big.jsonl"
     rng = np.random.default_rng(1)
     arrivals = np.cumsum(rng.exponential(1.0, 100_000))
     with open(path, "w") as fh:
         for i, a in enumerate(arrivals.tolist()):
             fh.write(json.dumps({"task_id": f"t{i}", "task_type": "ocr", "arrival_s": a,
-                                 "duration_s": 1.5, "gpu": i % 4}) + "\n")
-    start = time.perf_counter()
+                                 "duration_s": 1.5 + (i % 7), "gpu": i % 4}) + "\n")
     trace = load_trace(path)
-    elapsed = time.perf_counter() - start
     assert len(trace) == 100_000
-    assert elapsed < 5.0, f"100k rows took {elapsed:.2f} s"
-    assert os.path.getsize(path) > 0
+    cols = trace.columns
+    # times are relative to the first arrival; each row keeps its line number and id
+    np.testing.assert_array_equal(cols.arrival_s, arrivals - arrivals[0])
+    np.testing.assert_array_equal(cols.duration_s, 1.5 + np.arange(100_000) % 7)
+    np.testing.assert_array_equal(cols.gpu, np.arange(100_000) % 4)
+    assert [(t.task_id, t.line) for t in trace.tasks[::9_999]] == \
+        [(f"t{i}", i + 1) for i in range(0, 100_000, 9_999)]
 
 
 def test_given_lines_break_ties_even_out_of_order():

@@ -1,9 +1,10 @@
 """The compiled engine (`--engine fast`, the default): the reference model as a numba state machine.
 
-It is gpusim.model.reference (the executable specification) transcribed, generator by generator, into one
-compiled event loop over arrays: the same events, at the same (time, priority, insertion) order,
-with the same floating-point operations in the same order and the same counter-based random
-streams, so it writes bit-identical records (tests/test_differential.py holds it to that).
+It is gpusim.model.reference (the executable specification) transcribed, generator by
+generator, into one compiled event loop over arrays: the same events, at the same (time,
+priority, insertion) order, with the same floating-point operations in the same order and the
+same counter-based random streams (gpusim.rng), so it writes bit-identical records
+(tests/test_differential.py holds it to that).
 
 What makes its cost independent of the poll rate is one rule: a GET in the polling phase whose
 server time g is earlier than the key's *change horizon* is not scheduled as an event but done on

@@ -17,6 +17,9 @@ from gpusim.cluster import COMMANDS
 from gpusim.records import HoldEnd, KeyHold
 from gpusim.timebins import MINUTE_S, minute_of
 
+# the same function the compiled engine inlines, run as Python: no numba call per command
+_minute_of = minute_of.py_func
+
 CMD_INDEX = {c: i for i, c in enumerate(COMMANDS)}
 
 
@@ -55,7 +58,7 @@ class RedisServerModel:
         i = CMD_INDEX[cmd]
         self.commands[i] += n
         self.commandstats[i] += n
-        self.minute_commands[(minute_of(t), i)] += n
+        self.minute_commands[(_minute_of(t), i)] += n
         for c in inner:  # commands a Lua script runs inside the server
             self.commandstats[CMD_INDEX[c]] += 1
 
@@ -136,7 +139,7 @@ class RedisServerModel:
         subs = list(self.channels.get(channel, {}).values())
         self.deliveries += len(subs)
         if subs:
-            self.minute_deliveries[minute_of(t)] += len(subs)
+            self.minute_deliveries[_minute_of(t)] += len(subs)
         return subs
 
     # -- results --------------------------------------------------------------------------------

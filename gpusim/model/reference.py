@@ -36,6 +36,8 @@ from gpusim.rng import jitter_factor, stream_key, stream_state, uniform
 from gpusim.model.slots import make_pools
 from gpusim.traces.format import Task, Trace
 
+# float arithmetic needs no compiled call; the draw itself (uniform) is the compiled SplitMix64
+_jitter_factor = jitter_factor.py_func
 
 
 class Env(simpy.Environment):
@@ -269,7 +271,7 @@ class Model:
         if not p.backoff:
             return p.poll_interval, cur
         cur = min(cur * BACKOFF_FACTOR, p.max_poll)
-        return cur * jitter_factor(uniform(run.jitter_state, k)), cur
+        return cur * _jitter_factor(uniform(run.jitter_state, k)), cur
 
     def _poll_phase(self, run: TaskRun, keys: list[tuple[str, int]], start: float,
                     c: float) -> Generator[Event, Any, tuple[tuple[str, int] | None, float]]:

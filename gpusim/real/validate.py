@@ -93,8 +93,6 @@ def _is_loopback(url: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or url.startswith("unix:")
 
 
-
-
 def _pre_simulate(trace: Any, settings: Any, cluster: Any, seed: int, time_scale: float
                   ) -> tuple[int, int, float | None, float | None]:
     """(commands, wake-ups, mean gap between wake-ups, mean gap between commands) that one
