@@ -189,7 +189,7 @@ def validate(
         "--hold", help="sleep | cuda (real matmul loop; without CUDA: skipped, exit 3)")] = "sleep",
     seeds: Annotated[int, typer.Option("--seeds", help="simulated replications")] = 10,
     json_out: Annotated[Optional[Path], typer.Option(
-        "--json", help="write results here (checked before the run; written before the table)")
+        "--json", "-o", help="write results here (checked before the run; written before the table)")
     ] = None,
     cluster: Annotated[Optional[Path], typer.Option(
         "--cluster", help="cluster file; default: one node, Redis calibrated on the spot")] = None,
