@@ -246,34 +246,27 @@ def test_huge_time_in_an_imported_csv(capsys, tmp_path):
     no_leftovers(tmp_path, "log.csv")
 
 
-@pytest.mark.parametrize("text,field,bound", [
-    ("gpu_lock:\n  poll_interval: 0.0001\n", "gpu_lock.poll_interval", "0.001"),
-    ("gpu_lock:\n  poll_interval: 0.001\n  max_poll_interval: 0.0005\n",
+@pytest.mark.parametrize("which,text,field,bound", [
+    ("config", "gpu_lock:\n  poll_interval: 0.0001\n", "gpu_lock.poll_interval", "0.001"),
+    ("config", "gpu_lock:\n  poll_interval: 0.001\n  max_poll_interval: 0.0005\n",
      "gpu_lock.max_poll_interval", "0.001"),
-    ("gpu_lock:\n  max_wait_time: 1.0e+300\n", "gpu_lock.max_wait_time", "86400"),
-    ("gpu_lock:\n  lock_timeout: 1000000000000\n", "gpu_lock.lock_timeout", "31622400"),
-    ("gpu_lock:\n  fallback_timeout: 1.0e+12\n", "gpu_lock.fallback_timeout", "86400"),
-    ("gpu_lock_monitor:\n  monitor_interval: 1.0e+12\n", "gpu_lock_monitor.monitor_interval",
+    ("config", "gpu_lock:\n  max_wait_time: 1.0e+300\n", "gpu_lock.max_wait_time", "86400"),
+    ("config", "gpu_lock:\n  lock_timeout: 1000000000000\n", "gpu_lock.lock_timeout",
+     "31622400"),
+    ("config", "gpu_lock:\n  fallback_timeout: 1.0e+12\n", "gpu_lock.fallback_timeout",
      "86400"),
-    ("gpu_lock_monitor:\n  monitor_interval: 0.001\n", "gpu_lock_monitor.monitor_interval",
-     "greater than or equal to 1"),
-    ("gpu_lock_monitor:\n  timeout_levels: {soft_timeout: 1.0e+300}\n",
+    ("config", "gpu_lock_monitor:\n  monitor_interval: 1.0e+12\n",
+     "gpu_lock_monitor.monitor_interval", "86400"),
+    ("config", "gpu_lock_monitor:\n  monitor_interval: 0.001\n",
+     "gpu_lock_monitor.monitor_interval", "greater than or equal to 1"),
+    ("config", "gpu_lock_monitor:\n  timeout_levels: {soft_timeout: 1.0e+300}\n",
      "gpu_lock_monitor.timeout_levels.soft_timeout", "31622400"),
+    ("cluster", "nodes: 1000000000000\n", "nodes", "1024"),
+    ("cluster", "gpus_per_node: 100000\n", "gpus_per_node", "1024"),
+    ("cluster", "redis:\n  rtt_s: 1.0e+300\n", "redis.rtt_s", "60"),
 ])
-def test_config_bounds(capsys, tmp_path, text, field, bound):
-    args, path = yaml_case(tmp_path, "config", text)
-    code, _, err = gpusim(capsys, *args)
-    assert code == 2
-    one_error_line(err, f"{path}, line ", f"field '{field}'", bound)
-
-
-@pytest.mark.parametrize("text,field,bound", [
-    ("nodes: 1000000000000\n", "nodes", "1024"),
-    ("gpus_per_node: 100000\n", "gpus_per_node", "1024"),
-    ("redis:\n  rtt_s: 1.0e+300\n", "redis.rtt_s", "60"),
-])
-def test_cluster_bounds(capsys, tmp_path, text, field, bound):
-    args, path = yaml_case(tmp_path, "cluster", text)
+def test_config_and_cluster_bounds(capsys, tmp_path, which, text, field, bound):
+    args, path = yaml_case(tmp_path, which, text)
     code, _, err = gpusim(capsys, *args)
     assert code == 2
     one_error_line(err, f"{path}, line ", f"field '{field}'", bound)
