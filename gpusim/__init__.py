@@ -36,6 +36,10 @@ _WHERE = {
     "default_cluster": "gpusim.cluster",
     "Cluster": "gpusim.cluster",
     "ClusterSpec": "gpusim.cluster",
+    # read YAML as every gpusim reader does (errors name file and line; duplicate keys refused)
+    "read_yaml": "gpusim.yamlio",
+    "key_lines": "gpusim.yamlio",
+    "line_of": "gpusim.yamlio",
     # judge
     "Thresholds": "gpusim.acceptance",
     "load_thresholds": "gpusim.acceptance",
@@ -50,6 +54,9 @@ _WHERE = {
     "Release": "gpusim.records",
     "Metric": "gpusim.metrics",
     "mean_ci": "gpusim.stats",
+    "ratio_ci": "gpusim.stats",
+    "task_batches": "gpusim.batches",
+    "waits_by_type": "gpusim.batches",
     # errors and exit codes
     "InputError": "gpusim.errors",
     "ExitCode": "gpusim.exitcodes",
@@ -83,5 +90,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from gpusim.records import KeyHold, Mechanism, Outcome, Release, RunLog, TaskRecord
     from gpusim.simulation import SimulationResult, simulate
     from gpusim.stats import mean_ci
+    from gpusim.yamlio import key_lines, line_of, read_yaml
+    from gpusim.batches import task_batches, waits_by_type
+    from gpusim.stats import ratio_ci
     from gpusim.traces.format import Task, Trace, load_trace, trace_from_rows, write_trace
     from gpusim.traces.synth import SynthSpec, synthesize

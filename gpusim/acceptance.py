@@ -32,6 +32,11 @@ class Thresholds(BaseModel):
     wait_reduction_min: float = Field(0.30, le=1)              # average lock wait -30%
     redis_cpu_increase_max: float = Field(0.50, ge=-1)         # Redis CPU increase < 50%
     timeout_rate_max: float = Field(0.05, ge=0, le=1)          # timeout rate < 5%
+    # Safety: a lock that expires under a running task lets a second task onto the GPU.
+    lock_expired_per_acquisition_max: float = Field(0.001, ge=0, le=1)  # <= 1 per 1,000
+    double_occupancy_s_max: float = Field(0.0, ge=0)           # seconds two tasks share a GPU
+    # The canary gate of the spec (GPU_LOCK_CONFIG_002): Redis CPU < 80% in the busiest minute.
+    redis_cpu_peak_max: float = Field(0.80, gt=0)
 
 
 def load_thresholds(path: str | Path | None) -> Thresholds:
@@ -60,7 +65,7 @@ class Criterion:
     name: str
     value: float | None
     ci95: list[float] | None
-    op: str              # ">=" or "<"
+    op: str              # ">=", "<" or "<="
     threshold: float
     passed: bool
 
@@ -69,6 +74,31 @@ class Criterion:
         if self.value is None:
             return None
         return self.value - self.threshold if self.op == ">=" else self.threshold - self.value
+
+    @property
+    def conservative(self) -> float | None:
+        """The end of the 95% interval nearest to failing (the value itself without one)."""
+        if self.value is None:
+            return None
+        if self.ci95 is None:
+            return self.value
+        return self.ci95[0] if self.op == ">=" else self.ci95[1]
+
+    @property
+    def passed_conservatively(self) -> bool:
+        """Passes even at the unfavourable end of its interval."""
+        return self.conservative is not None and meets(self.conservative, self.op,
+                                                       self.threshold)
+
+
+def meets(value: float, op: str, threshold: float) -> bool:
+    if op == ">=":
+        return value >= threshold
+    if op == "<":
+        return value < threshold
+    if op == "<=":
+        return value <= threshold
+    raise ValueError(f"unknown comparison {op!r}")
 
 
 def _paired(base: SimulationResult, cand: SimulationResult,
@@ -85,11 +115,16 @@ def _ratio_change(key: str) -> Callable[[dict, dict], float | None]:
     return f
 
 
+def _expired_per_acquisition(b: dict, c: dict) -> float:
+    return c["lock_expired_while_held"] / c["acquired"] if c["acquired"] else 0.0
+
+
 def judge(base: SimulationResult, cand: SimulationResult, th: Thresholds) -> list[Criterion]:
+    """The spec's four gates, then lock safety and the canary's Redis CPU gate."""
     rows = []
 
     def add(name: str, value: float | None, ci: list[float] | None, op: str, thr: float):
-        ok = value is not None and (value >= thr if op == ">=" else value < thr)
+        ok = value is not None and meets(value, op, thr)
         rows.append(Criterion(name, value, ci, op, thr, ok))
 
     v, ci = _paired(base, cand, lambda b, c: c["success_rate"])
@@ -101,6 +136,12 @@ def judge(base: SimulationResult, cand: SimulationResult, th: Thresholds) -> lis
     add("redis_cpu_increase", v, ci, "<", th.redis_cpu_increase_max)
     v, ci = _paired(base, cand, lambda b, c: c["timeout_rate"])
     add("timeout_rate", v, ci, "<", th.timeout_rate_max)
+    v, ci = _paired(base, cand, _expired_per_acquisition)
+    add("lock_expired_per_acquisition", v, ci, "<=", th.lock_expired_per_acquisition_max)
+    v, ci = _paired(base, cand, lambda b, c: c["double_occupancy_s"])
+    add("double_occupancy_s", v, ci, "<=", th.double_occupancy_s_max)
+    v, ci = _paired(base, cand, lambda b, c: c["redis_cpu_utilization_peak_1m"])
+    add("redis_cpu_peak_1m", v, ci, "<", th.redis_cpu_peak_max)
     return rows
 
 

@@ -27,6 +27,10 @@ class Metric(str, Enum):
     WAIT_P99 = "wait_p99_s"
     WAIT_MAX = "wait_max_s"
     WAIT_MEAN_ACQUIRED = "wait_mean_acquired_s"
+    # the lock wait split (gpusim.headroom): held by another task vs free while the task waited
+    WAIT_HELD_MEAN = "wait_held_mean_s"    # mean held_wait_s over every task
+    WAIT_FREE_MEAN = "wait_free_mean_s"    # mean free_wait_s over every task
+    WAIT_FREE_SHARE = "wait_free_share"    # sum free / sum wait (None: no wait at all)
     QUEUE_WAIT_MEAN = "queue_wait_mean_s"  # waiting for a Celery worker slot
     QUEUE_WAIT_P95 = "queue_wait_p95_s"
     LATENCY_MEAN = "latency_mean_s"        # arrival to slot freed
@@ -54,11 +58,26 @@ class Metric(str, Enum):
 PER_TYPE = (Metric.TASKS, Metric.SUCCESS_RATE, Metric.TIMEOUT_RATE, Metric.CRASH_RATE,
             Metric.WAIT_MEAN, Metric.WAIT_P50, Metric.WAIT_P95, Metric.WAIT_P99, Metric.WAIT_MAX,
             Metric.QUEUE_WAIT_MEAN, Metric.LATENCY_MEAN, Metric.LATENCY_P95, Metric.POLLS,
-            Metric.LOCK_LOST_WHILE_HELD)
+            Metric.LOCK_LOST_WHILE_HELD, Metric.WAIT_HELD_MEAN, Metric.WAIT_FREE_MEAN,
+            Metric.WAIT_FREE_SHARE)
 
 
 def _pct(x: np.ndarray, q: float) -> float | None:
     return float(np.percentile(x, q)) if len(x) else None
+
+
+def wait_split_metrics(t: TaskTable) -> dict[str, Any]:
+    """Means of held and free wait and the free share of all waiting; None where the split was
+    not computed (records from outside run_replication, e.g. a real-Redis replay)."""
+    held, free = t.held_wait_s, t.free_wait_s
+    known = len(held) > 0 and not (np.isnan(held).any() or np.isnan(free).any())
+    total = float(t.wait_s.sum()) if known else 0.0
+    return {
+        Metric.WAIT_HELD_MEAN.value: float(held.mean()) if known else None,
+        Metric.WAIT_FREE_MEAN.value: float(free.mean()) if known else None,
+        Metric.WAIT_FREE_SHARE.value: float(free.sum()) / total if known and total > 0
+        else None,
+    }
 
 
 def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
@@ -98,7 +117,7 @@ def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
         Metric.LOCK_LOST_WHILE_HELD.value: int((lost >= 0).sum()),
         Metric.MISSED_WAKEUPS.value: int(t.missed_wakeups.sum()),
         Metric.EVENT_FALLBACKS.value: int(t.fell_back.sum()),
-    }
+    } | wait_split_metrics(t)
 
 
 def gpu_occupancy(records: Sequence[TaskRecord] | TaskTable, gpus: Sequence[tuple[str, int]],

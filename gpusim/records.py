@@ -77,6 +77,17 @@ class TaskRecord:
     deleted_other: bool        # its release removed a key another task had set
     lost_lock_s: float | None  # its key vanished while its GPU work still ran
     lost_reason: LostReason | None  # expired | released_by_other | deleted
+    # The GPU index on `node` whose key it polled while acquiring (also on timeout); None under
+    # gpu_policy probe_all, which polls every key of its node. Records made outside the engines
+    # (the real-Redis replay) leave it None.
+    wait_gpu: int | None = None
+    # Its lock wait [slot_s, slot_s + wait_s] split in two (gpusim.headroom, after the run):
+    # held_wait_s while its key was held by another task (probe_all: while every key of its node
+    # was held), free_wait_s the rest, while the key was free and it had not yet got it (polling
+    # notice delay, lost races, lost wake-ups, its own SET round trip). held + free = wait.
+    # None until computed (gpusim.engines.replication.run_replication fills them).
+    held_wait_s: float | None = None
+    free_wait_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,9 +137,10 @@ class TaskTable:
     """Per-task records as columns (index order). None is NaN for times and -1 for codes."""
 
     INT_COLS = ("index", "node", "gpu", "outcome", "mechanism", "attempts", "gets", "sets",
-                "event_wakeups", "missed_wakeups", "release", "lost_reason", "task_type")
+                "event_wakeups", "missed_wakeups", "release", "lost_reason", "task_type",
+                "wait_gpu")
     FLOAT_COLS = ("arrival_s", "slot_s", "acquired_s", "gpu_end_s", "end_s", "wait_s",
-                  "lost_lock_s")
+                  "lost_lock_s", "held_wait_s", "free_wait_s")
     BOOL_COLS = ("fell_back", "deleted_other")
 
     def __init__(self, cols: dict[str, np.ndarray], task_ids: Sequence[str],
@@ -166,6 +178,7 @@ class TaskTable:
             return None if k < 0 else names[k]
 
         gpu = int(c["gpu"][i])
+        wait_gpu = int(c["wait_gpu"][i])
         return TaskRecord(
             index=int(c["index"][i]), task_id=self.task_ids[i],
             task_type=self.type_names[int(c["task_type"][i])],
@@ -179,7 +192,9 @@ class TaskTable:
             event_wakeups=int(c["event_wakeups"][i]), fell_back=bool(c["fell_back"][i]),
             missed_wakeups=int(c["missed_wakeups"][i]), release=opt_s("release", RELEASES),
             deleted_other=bool(c["deleted_other"][i]), lost_lock_s=opt_f("lost_lock_s"),
-            lost_reason=opt_s("lost_reason", LOST_REASONS))
+            lost_reason=opt_s("lost_reason", LOST_REASONS),
+            wait_gpu=None if wait_gpu < 0 else wait_gpu, held_wait_s=opt_f("held_wait_s"),
+            free_wait_s=opt_f("free_wait_s"))
 
     def records(self) -> tuple[TaskRecord, ...]:
         if self._records is None:
@@ -198,6 +213,14 @@ class TaskTable:
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
+
+    def with_columns(self, **columns: np.ndarray) -> "TaskTable":
+        """A new table with these columns replaced (records are rebuilt on access)."""
+        unknown = sorted(set(columns) - set(self.cols))
+        if unknown:
+            raise KeyError(f"no such column(s): {unknown}")
+        return TaskTable({**self.cols, **columns}, self.task_ids, self.type_names,
+                         self.node_names)
 
     def subset(self, mask: np.ndarray) -> "TaskTable":
         return TaskTable({k: v[mask] for k, v in self.cols.items()},
@@ -218,6 +241,7 @@ class TaskTable:
             cols["index"].append(r.index)
             cols["node"].append(n_code[r.node])
             cols["gpu"].append(-1 if r.gpu is None else r.gpu)
+            cols["wait_gpu"].append(-1 if r.wait_gpu is None else r.wait_gpu)
             cols["outcome"].append(OUTCOMES.index(r.outcome))
             cols["mechanism"].append(_code(r.mechanism, MECHANISMS))
             cols["release"].append(_code(r.release, RELEASES))
@@ -226,7 +250,7 @@ class TaskTable:
             for k in ("attempts", "gets", "sets", "event_wakeups", "missed_wakeups",
                       "fell_back", "deleted_other", "arrival_s", "slot_s", "end_s", "wait_s"):
                 cols[k].append(getattr(r, k))
-            for k in ("acquired_s", "gpu_end_s", "lost_lock_s"):
+            for k in ("acquired_s", "gpu_end_s", "lost_lock_s", "held_wait_s", "free_wait_s"):
                 v = getattr(r, k)
                 cols[k].append(nan if v is None else v)
         arrays = {k: np.array(v, dtype=np.int64) for k, v in cols.items() if k in cls.INT_COLS}

@@ -101,7 +101,7 @@ def trace_digest(trace: Trace) -> str:
                 cols.task_type):
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update("\0".join(cols.nodes + ("|",) + cols.types).encode())
-    h.update("\0".join(t.task_id for t in trace.tasks).encode())
+    h.update("\0".join(trace.task_ids).encode())
     return h.hexdigest()
 
 

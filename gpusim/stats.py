@@ -6,10 +6,25 @@ Metrics, compare, validate and the advisor all call these, so "95% interval" mea
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
+
+
+def _t_ppf(q: float, df: float) -> float:
+    """Student-t quantile: scipy.stats.t.ppf's own kernel (scipy.special.stdtrit), imported
+    here when first needed; importing scipy.stats costs about a second at every CLI start."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, q))
+
+
+@lru_cache(maxsize=256)
+def t975(df: int) -> float:
+    """Student-t 97.5% quantile (scipy's ppf costs ~0.4 ms a call; the advisor asks thousands
+    of times for the same few degrees of freedom)."""
+    return _t_ppf(0.975, df)
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, list[float] | None]:
@@ -18,8 +33,26 @@ def mean_ci(values: Sequence[float]) -> tuple[float, list[float] | None]:
     mean = float(x.mean())
     if len(x) < 2:
         return mean, None
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    half = float(t975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return mean, [mean - half, mean + half]
+
+
+def ratio_ci(num: Sequence[float], den: Sequence[float]) -> tuple[float, list[float] | None]:
+    """sum(num) / sum(den) and its 95% interval, the units (batches of a run, say) taken as
+    independent: the delta method on the ratio of means, e_i = num_i - R den_i,
+    se = sd(e) / (sqrt(n) mean(den)), Student t with n - 1 degrees of freedom (batch means).
+    None for the interval with fewer than two units or a zero denominator."""
+    x = np.asarray(num, dtype=float)
+    y = np.asarray(den, dtype=float)
+    if y.sum() == 0:
+        return math.nan, None
+    r = float(x.sum() / y.sum())
+    if len(x) < 2:
+        return r, None
+    e = x - r * y
+    se = float(e.std(ddof=1) / (math.sqrt(len(x)) * y.mean()))
+    half = t975(len(x) - 1) * se
+    return r, [r - half, r + half]
 
 
 def combine(per_rep: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -88,7 +121,7 @@ def welch_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
         return err, err, err, note
     dof_den = (ar ** 2 / (nr - 1) if nr > 1 else 0.0) + (as_ ** 2 / (ns - 1) if ns > 1 else 0.0)
     df = (ar + as_) ** 2 / dof_den if dof_den > 0 else max(1, nr + ns - 2)
-    t = float(stats.t.ppf(0.975, df))
+    t = _t_ppf(0.975, df)
     return err, err - t * se, err + t * se, note
 
 
@@ -111,7 +144,7 @@ def paired_interval(real: np.ndarray, sim: np.ndarray, kind: str) -> Interval:
     se = float(z.std(ddof=1)) / math.sqrt(n)
     if se == 0:
         return err, err, err, "paired; identical pairs"
-    t = float(stats.t.ppf(0.975, n - 1))
+    t = _t_ppf(0.975, n - 1)
     return err, err - t * se, err + t * se, f"paired over {n} CRN pairs"
 
 

@@ -16,7 +16,16 @@ TYPES = ("ocr", "ffmpeg", "whisper")
 
 
 @st.composite
-def clusters(draw, allow_monitor: bool = True):
+def max_wait_overrides(draw):
+    """The max_wait_time_by_type option: none (YiVideo), or a wait for some task types."""
+    if not draw(st.booleans()):
+        return {}
+    return draw(st.dictionaries(st.sampled_from(TYPES), st.sampled_from([0.5, 1.0, 4.0, 30.0]),
+                                min_size=1))
+
+
+@st.composite
+def clusters(draw, allow_monitor: bool = True, wait_overrides: bool = False):
     nodes = draw(st.integers(1, 2))
     gpus = draw(st.integers(1, 3))
     spec = ClusterSpec(
@@ -29,7 +38,9 @@ def clusters(draw, allow_monitor: bool = True):
         options={"unique_owner_token": draw(st.booleans()),
                  "emergency_delete": draw(st.booleans()),
                  "monitor": draw(st.booleans()) if allow_monitor else False,
-                 "shared_keys_across_nodes": draw(st.booleans())})
+                 "shared_keys_across_nodes": draw(st.booleans()),
+                 "max_wait_time_by_type": draw(max_wait_overrides()) if wait_overrides
+                 else {}})
     return build_cluster(spec)
 
 
@@ -71,7 +82,10 @@ def lock_configs(draw):
 
 
 @st.composite
-def scenarios(draw, allow_monitor: bool = True, max_tasks: int = 25):
-    cluster = draw(clusters(allow_monitor))
+def scenarios(draw, allow_monitor: bool = True, max_tasks: int = 25,
+              wait_overrides: bool = False):
+    """(trace, cluster, lock config, seed). `wait_overrides` draws the max_wait_time_by_type
+    option too (off by default: tests that bound waits by the config's max_wait_time)."""
+    cluster = draw(clusters(allow_monitor, wait_overrides))
     trace = draw(traces(cluster, max_tasks))
     return trace, cluster, draw(lock_configs()), draw(st.integers(0, 2**32 - 1))

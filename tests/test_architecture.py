@@ -4,7 +4,7 @@
 * `advisor` is reached only through `gpusim.cli`, and `advisor` sees only the `gpusim` front door.
 * No import cycles between gpusim's modules.
 * Every name the front door exports resolves.
-* No function is longer than 80 lines (the compiled event loop excepted).
+* No function in gpusim or advisor is longer than 80 lines (the compiled event loop excepted).
 
 All of these are deterministic: they read source code, never a random outcome or a clock.
 """
@@ -167,7 +167,8 @@ def _functions(path: Path):
 
 
 def test_no_function_longer_than_80_lines():
-    long = sorted((lines, name) for path in PACKAGE.rglob("*.py") for name, lines in
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "advisor").rglob("*.py")]
+    long = sorted((lines, name) for path in files for name, lines in
                   _functions(path) if lines > MAX_FUNCTION_LINES
                   and name not in LONG_FUNCTION_EXEMPT)
     assert not long, "functions over {} lines: {}".format(

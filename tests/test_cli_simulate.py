@@ -80,7 +80,8 @@ def test_compare_prints_acceptance_table_and_exit_code_follows_gates(trace_file,
     doc = json.loads(out.read_text())
     names = [r["criterion"] for r in doc["acceptance"]]
     assert names == ["success_rate", "wait_mean_reduction", "redis_cpu_increase",
-                     "timeout_rate"]
+                     "timeout_rate", "lock_expired_per_acquisition", "double_occupancy_s",
+                     "redis_cpu_peak_1m"]
     assert (res.exit_code == 0) == doc["passed"] == all(r["result"] == "PASS"
                                                         for r in doc["acceptance"])
     for r in doc["acceptance"]:

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from gpusim.config import GpuLockConfig, LockSettings
 from gpusim.simulation import simulate
 from gpusim.engines.compiled import CompiledModel
+from gpusim.headroom import with_headroom
 from gpusim.metrics import by_task_type, run_metrics
 from gpusim.model.reference import Model
 from gpusim.traces.format import load_trace
@@ -57,10 +58,16 @@ def assert_identical(ref, other, cluster, *, holds_in_order: bool):
     assert ref.horizon_s == other.horizon_s and ref.gpus == other.gpus
     assert run_metrics(ref, cluster.redis) == run_metrics(other, cluster.redis)
     assert by_task_type(ref.records) == by_task_type(other.records)
+    # the wait split (computed from records and holds) is then identical too, column by column
+    ref_h, other_h = with_headroom(ref, cluster), with_headroom(other, cluster)
+    for col in ("held_wait_s", "free_wait_s"):
+        assert np.array_equal(getattr(ref_h.records, col), getattr(other_h.records, col))
+    assert run_metrics(ref_h, cluster.redis) == run_metrics(other_h, cluster.redis)
+    assert by_task_type(ref_h.records) == by_task_type(other_h.records)
 
 
 @CASES
-@given(scenarios(max_tasks=40))
+@given(scenarios(max_tasks=40, wait_overrides=True))
 def test_compiled_engine_matches_reference_exactly(sc):
     trace, cluster, cfg, seed = sc
     ref, fast = run(Model, *sc), run(CompiledModel, *sc)
@@ -68,7 +75,7 @@ def test_compiled_engine_matches_reference_exactly(sc):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(scenarios(max_tasks=40), st.data())
+@given(scenarios(max_tasks=40, wait_overrides=True), st.data())
 def test_compiled_engine_matches_reference_with_per_node_configs(sc, data):
     """Canaries: each node runs its own lock config (polling on one, event-driven on another,
     other TTLs and waits); keys shared across nodes then mix configs on one key."""

@@ -232,3 +232,10 @@ def test_cli_import_bad_options_exit_2(tmp_path, args):
                                        *[a.format(tmp=tmp_path) for a in args]])
     assert result.exit_code == 2, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.csv"]
+
+
+def test_cli_names_the_units_the_importer_takes():
+    from gpusim.cli.trace import DURATION_UNIT_NAMES
+    from gpusim.traces.csv_import import DURATION_UNITS
+
+    assert DURATION_UNIT_NAMES == tuple(DURATION_UNITS)

@@ -3,32 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outputs,
                                check_seed_option, out)
-from gpusim.cluster import Cluster, default_cluster, load_cluster
-from gpusim.config import load_lock_settings
 from gpusim.errors import InputError
+
+# Only what --help needs is imported here; each command imports its own machinery (pydantic
+# models, numpy, numba, rich tables) when it runs, so `gpusim --help` starts in a blink.
+if TYPE_CHECKING:
+    from gpusim.cluster import Cluster
 
 app = typer.Typer(help="Simulate YiVideo's Redis GPU lock on recorded traces.",
                   epilog=EXIT_CODES_HELP, no_args_is_help=True, add_completion=False)
 
 
 def _cluster(path: Optional[Path], options: list[str]) -> Cluster:
+    from gpusim.cluster import default_cluster, load_cluster
     cluster = load_cluster(path) if path is not None else default_cluster()
     if options:
         changes = {}
-        known = set(cluster.options.model_fields)
+        fields = type(cluster.options).model_fields
+        known = set(fields)
         for opt in options:
             name, _, value = opt.partition("=")
             name = name.strip().replace("-", "_")
             if name not in known:
                 raise InputError(f"unknown option; known: {', '.join(sorted(known))}",
                                  field=f"--option {name}")
+            if fields[name].annotation is not bool:
+                raise InputError("not a true/false option: set it under `options:` in the "
+                                 "cluster file (--cluster)", field=f"--option {name}")
             v = value.strip().lower() if value else "true"
             if v not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
                 raise InputError("expected true or false", field=f"--option {name}")
@@ -63,13 +70,15 @@ def _fmt(v: object) -> str:
 
 
 def print_result(res, title: str) -> None:  # noqa: ANN001 - SimulationResult
+    from rich.table import Table
     m, ci = res.metrics, res.ci95
     t = Table(title=title, show_lines=False)
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("95% CI", justify="right")
     for key in ("tasks", "success_rate", "timeout_rate", "wait_mean_s", "wait_p50_s",
-                "wait_p95_s", "wait_p99_s", "wait_max_s", "queue_wait_mean_s", "latency_mean_s",
+                "wait_p95_s", "wait_p99_s", "wait_max_s", "wait_held_mean_s", "wait_free_share",
+                "queue_wait_mean_s", "latency_mean_s",
                 "polls", "redis_ops_per_s", "redis_ops_per_s_peak_1m", "redis_cpu_utilization",
                 "redis_cpu_utilization_peak_1m", "gpu_utilization", "lock_expired_while_held",
                 "lock_lost_while_held", "double_occupancy_s", "emergency_deletes",
@@ -107,6 +116,7 @@ def simulate(
         help="Write per-task records (JSONL)", show_default="not written")] = None,
 ) -> None:
     """Replay TRACE under one gpu_lock config and report waits, timeouts, safety, Redis load."""
+    from gpusim.config import load_lock_settings
     from gpusim.simulation import check_seed, records_jsonl, simulate as run
     from gpusim.output import atomic_write_text
     from gpusim.traces.format import load_trace
@@ -148,8 +158,11 @@ def compare(
     """Replay TRACE under both configs (common random numbers) and apply the spec's gates.
 
     Exit code 0 when every gate passes, 1 when any fails, 2 on bad input."""
+    from rich.table import Table
+
     from gpusim.acceptance import load_thresholds, summary_rows
     from gpusim.compare import compare as run
+    from gpusim.config import load_lock_settings
     from gpusim.output import atomic_write_text
     from gpusim.simulation import check_seed
     from gpusim.traces.format import load_trace
@@ -176,7 +189,7 @@ def compare(
         side.add_row(k, _fmt(b), _fmt(c))
     out().print(side)
     rows = cmp_.criteria
-    t = Table(title="acceptance (GPU_LOCK_CONFIG_001)")
+    t = Table(title="acceptance (GPU_LOCK_CONFIG_001; lock safety; peak-minute Redis CPU)")
     for col in ("criterion", "value", "95% CI", "threshold", "margin", "result"):
         t.add_column(col, justify="left" if col == "criterion" else "right")
     for r in rows:
@@ -195,6 +208,8 @@ def _mount_subcommands() -> None:
     app.add_typer(trace_app, name="trace", help="Make, import and check traces.")
     from gpusim.cli.real import register
     register(app)
+    from gpusim.cli.tune import register as register_advisor
+    register_advisor(app)
 
 
 _mount_subcommands()

@@ -13,10 +13,9 @@ from rich.markup import escape
 
 from gpusim.errors import InputError
 from gpusim.exitcodes import EXIT_CODES_HELP, ExitCode
-from gpusim.output import check_output_path
 
 __all__ = ["EXIT_CODES_HELP", "ExitCode", "out", "err", "fail", "bad_input", "main",
-           "check_outputs", "check_seed_option"]
+           "check_outputs", "check_seed_option", "set_interrupt_note"]
 
 
 class _ClosedSafe:
@@ -90,6 +89,8 @@ def bad_input(e: InputError) -> typer.Exit:
 def check_outputs(*paths: object) -> None:
     """Check output paths before the work starts, so a bad one costs no wait; the same file
     named for two outputs would keep only the last."""
+    from gpusim.output import check_output_path  # not needed for --help
+
     given = [str(p) for p in paths if p is not None]
     for p in given:
         check_output_path(p)
@@ -139,9 +140,17 @@ def _usage_error(e: Exception) -> None:
     fail(message)
 
 
+_INTERRUPT_NOTE = ["no output file was left half-written"]
+
+
+def set_interrupt_note(note: str) -> None:
+    """What the one line printed on Ctrl-C says after "interrupted (exit 130); "."""
+    _INTERRUPT_NOTE[0] = note
+
+
 def _interrupted() -> None:
     try:
-        sys.stderr.write("\ninterrupted (exit 130); no output file was left half-written\n")
+        sys.stderr.write(f"\ninterrupted (exit 130); {_INTERRUPT_NOTE[0]}\n")
     except (OSError, ValueError):
         pass
 

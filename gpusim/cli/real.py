@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outputs, err,
                                fail, out)
 from gpusim.errors import InputError
 from gpusim.output import atomic_write_text, jsonable
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 VERDICT_EXIT = {"PASS": ExitCode.OK, "FAIL": ExitCode.FAIL, "INCONCLUSIVE": ExitCode.INCONCLUSIVE}
 COLORS = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
@@ -45,6 +47,7 @@ def _num(v: float | None, sd: float | None = None) -> str:
 
 
 def comparison_table(cmp_: Any, *, title: str) -> Table:
+    from rich.table import Table
     t = Table(title=title)
     for col in ("metric", "real (mean ± sd)", "sim (mean ± sd)", "error", "95% CI", "tolerance",
                 "verdict"):
@@ -256,6 +259,7 @@ def calibrate_redis(
     finally:
         if owned is not None:
             owned.stop()
+    from rich.table import Table
     r = res["redis"]
     t = Table(title=f"Redis {res['details'].get('server')}: CPU per command "
                     f"(INFO cpu deltas), rtt {r['rtt_s'] * 1e6:.0f} us")

@@ -11,17 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
 from gpusim.cli.common import (EXIT_CODES_HELP, bad_input, check_outputs, check_seed_option,
                                out as stdout)
 from gpusim.errors import InputError
-from gpusim.traces.synth import SynthSpec, load_spec, spec_errors, synthesize
-from gpusim.traces.format import Trace, trace_format, write_rows, write_trace
-from gpusim.traces.csv_import import DURATION_UNITS, import_csv, parse_mapping
+
+# synth, the readers and the importer (numpy, pydantic) are imported by the commands that run
+# them, not for `--help`.
+if TYPE_CHECKING:
+    from gpusim.traces.format import Trace
+    from gpusim.traces.synth import SynthSpec
+
+#: The units `--duration-unit` takes (gpusim.traces.csv_import.DURATION_UNITS; a test checks).
+DURATION_UNIT_NAMES = ("s", "ms", "min")
 
 trace_app = typer.Typer(help="Make and convert GPU task traces (synthetic workloads, CSV import).",
                         epilog=EXIT_CODES_HELP, no_args_is_help=True)
@@ -70,6 +75,9 @@ def parse_mix(text: str) -> dict[str, float]:
 
 def build_spec(spec_file: Path | None = None, **options) -> SynthSpec:
     """Spec file (or defaults), then the command-line options that were given, on top."""
+    from pydantic import ValidationError
+
+    from gpusim.traces.synth import SynthSpec, load_spec, spec_errors
     spec = load_spec(spec_file) if spec_file is not None else SynthSpec()
     data = spec.model_dump()
     given = {k: v for k, v in options.items() if v is not None}
@@ -138,6 +146,8 @@ def synth_cmd(
 ) -> None:
     """Generate a seeded synthetic YiVideo-like workload (at most 10 million tasks)."""
     def go() -> None:
+        from gpusim.traces.format import trace_format, write_trace
+        from gpusim.traces.synth import synthesize
         trace_format(str(out))  # reject an unknown suffix before doing any work
         check_outputs(out)
         built = build_spec(spec, hours=hours, gpus=gpus, nodes=nodes, load=load,
@@ -159,7 +169,7 @@ def import_cmd(
     type_col: Annotated[str, typer.Option(help="Column with the task type.")],
     time_format: Annotated[str, typer.Option(help="iso | seconds | epoch | epoch_ms | a strptime pattern (naive = UTC).")] = "iso",
     duration_col: Annotated[str | None, typer.Option(help="Column with the GPU hold time (or give --end-col).", show_default="none")] = None,
-    duration_unit: Annotated[str, typer.Option(help=f"Unit of --duration-col: {', '.join(DURATION_UNITS)}.")] = "s",
+    duration_unit: Annotated[str, typer.Option(help=f"Unit of --duration-col: {', '.join(DURATION_UNIT_NAMES)}.")] = "s",
     end_col: Annotated[str | None, typer.Option(help="Column with the end time (duration = end - start).", show_default="none")] = None,
     id_col: Annotated[str | None, typer.Option(help="Column with a unique task id.", show_default="<source stem>:<line>")] = None,
     node_col: Annotated[str | None, typer.Option(help="Column with the node name.", show_default="none: node unset")] = None,
@@ -169,6 +179,8 @@ def import_cmd(
 ) -> None:
     """Map a CSV job log onto the trace format."""
     def go() -> None:
+        from gpusim.traces.csv_import import import_csv, parse_mapping
+        from gpusim.traces.format import trace_format, write_rows
         trace_format(str(out))
         check_outputs(out)
         result = import_csv(src, arrival_col=arrival_col, type_col=type_col,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from gpusim.cluster import Cluster
 from gpusim.config import LockSettings
 from gpusim.engines import engine_class
+from gpusim.headroom import with_headroom
 from gpusim.metrics import by_task_type, run_metrics
-from gpusim.records import RunLog, TaskRecord, TaskTable
+from gpusim.records import RunLog, TaskRecord
 from gpusim.traces.format import Trace
 
 
@@ -36,8 +36,8 @@ def run_replication(trace: Trace, cluster: Cluster, settings: LockSettings, *, s
     model_cls = engine_class(engine)
     model = model_cls(trace, cluster, node_settings(cluster, settings), seed=seed,
                       replication=replication, time_scale=time_scale)
-    log = model.run()
-    # the reference writes record objects: turn them into columns once, for both calls
-    log = dataclasses.replace(log, records=TaskTable.from_records(log.records))
+    # records as columns (the reference writes objects), every lock wait split into its held
+    # and free time (gpusim.headroom), computed once for both metric calls
+    log = with_headroom(model.run(), cluster)
     return ReplicationResult(replication, log, run_metrics(log, cluster.redis),
                              by_task_type(log.records))

@@ -33,6 +33,13 @@ class LockParams:
                    cfg.fallback_timeout / f)
 
 
+def max_wait_by_type(cluster: Cluster, time_scale: float = 1.0) -> dict[str, float]:
+    """The `max_wait_time_by_type` option as the engines use it: task type -> max wait, divided
+    by the time scale like every duration (a type not named keeps its node's max_wait)."""
+    f = float(time_scale)
+    return {t: float(v) / f for t, v in cluster.options.max_wait_time_by_type.items()}
+
+
 @dataclass(frozen=True)
 class MonitorParams:
     interval: float

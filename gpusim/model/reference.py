@@ -30,7 +30,8 @@ from gpusim.config import LockSettings
 from gpusim.protocol import BACKOFF_FACTOR, channel_for, lock_key, owner_value
 from gpusim.records import (HoldEnd, KeyHold, LostReason, Mechanism, Outcome, Release, RunLog,
                             TaskRecord)
-from gpusim.model.params import PRIO_TASK0, LockParams, MonitorParams, check_one_per_node
+from gpusim.model.params import (PRIO_TASK0, LockParams, MonitorParams, check_one_per_node,
+                                 max_wait_by_type)
 from gpusim.model.redis import RedisServerModel, Subscription
 from gpusim.rng import jitter_factor, stream_key, stream_state, uniform
 from gpusim.model.slots import make_pools
@@ -68,6 +69,8 @@ class TaskRun:
     node: int = -1
     service: str = ""
     params: LockParams | None = None
+    max_wait: float = float("nan")  # its node's max_wait, or its type's override
+    wait_gpu: int | None = None     # the GPU whose key it polls (None: probe_all, every key)
     owner: str = ""
     jitter_state: int = 0
     delivery_state: int = -1   # the task's wake-up jitter stream, made on first use
@@ -112,6 +115,7 @@ class Model:
         self.wake_jitter = cluster.redis.pubsub_wakeup_jitter_s
         self.params = [LockParams.from_config(s.gpu_lock, time_scale) for s in settings]
         self.monitor_params = [MonitorParams.from_settings(s, time_scale) for s in settings]
+        self.max_wait_by_type = max_wait_by_type(cluster, time_scale)
         self.opts = cluster.options
         self.server = RedisServerModel()
         self.jitter_key = stream_key(seed, replication, "jitter")
@@ -149,6 +153,7 @@ class Model:
             self.rr_counter[run.node] += 1
         else:
             g = run.task.gpu if run.task.gpu is not None else 0
+        run.wait_gpu = g
         return [(self.key_name(run.node, g), g)]
 
     # -- run -----------------------------------------------------------------------------------
@@ -191,6 +196,7 @@ class Model:
         run.node = node
         run.slot_s = env.now
         run.params = p = self.params[node]
+        run.max_wait = self.max_wait_by_type.get(task.task_type, p.max_wait)
         run.owner = (owner_value(task.task_type, task.index) if self.opts.unique_owner_token
                      else self.type_owner.setdefault(task.task_type,
                                                      owner_value(task.task_type)))
@@ -278,7 +284,7 @@ class Model:
         """Poll by poll: `while now - start < max_wait: try; sleep`. Returns (key, client t)."""
         p = run.params
         cur, k = p.poll_interval, 0
-        while c - start < p.max_wait:
+        while c - start < run.max_wait:
             won, c = yield from self._try_once(run, keys, c)
             if won is not None:
                 if run.mechanism is None:
@@ -296,6 +302,7 @@ class Model:
     def _acquire_event(self, run: TaskRun, keys: list[tuple[str, int]],
                        start: float) -> Generator[Event, Any, tuple[tuple[str, int] | None, float]]:
         env, h, p = self.env, self.h, run.params
+        max_wait = run.max_wait
         for key, _ in keys:  # from its first GET on, a release it is not subscribed to is missed
             self.pending_sub.setdefault(key, set()).add(run.task.index)
         won, c = yield from self._try_once(run, keys, start)
@@ -311,8 +318,8 @@ class Model:
             env.at(sub_at, run.prio).callbacks.append(
                 lambda ev, key=key: self._subscribe(run, key, self.env.now))
         won = None
-        while c - start < p.max_wait:
-            wait = min(p.max_wait - (c - start), p.fallback)
+        while c - start < max_wait:
+            wait = min(max_wait - (c - start), p.fallback)
             if not run.flag:
                 run.wait_gen += 1
                 run.waiting = env.event()
@@ -448,7 +455,8 @@ class Model:
                 end_s=run.end_s, wait_s=run.wait_s, attempts=run.attempts, gets=run.gets,
                 sets=run.sets, event_wakeups=run.event_wakeups, fell_back=run.fell_back,
                 missed_wakeups=run.missed_wakeups, release=run.release,
-                deleted_other=run.deleted_other, lost_lock_s=lost_s, lost_reason=lost_reason))
+                deleted_other=run.deleted_other, lost_lock_s=lost_s, lost_reason=lost_reason,
+                wait_gpu=run.wait_gpu))
         from gpusim.cluster import COMMANDS
         minute_cmds, minute_dels = srv.minute_arrays(horizon)
         gpus = tuple((n.name, g) for n in self.cluster.nodes for g in range(n.gpus))

@@ -16,9 +16,6 @@ import gzip
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Required
 
@@ -28,101 +25,18 @@ from typing_extensions import TypedDict
 
 from gpusim.errors import InputError, InputErrors
 from gpusim.output import atomic_write_bytes
+from gpusim.traces.trace import (FIELDS, MAX_DURATION_S, MAX_REPORTED_ERRORS, MAX_SPAN_S,
+                                 RawColumns, Task, Trace, TraceColumns, assemble, epoch_us,
+                                 file_stem, parse_timestamp, raise_all)
 
-#: Column order used by the writers; also the set of allowed row fields.
-FIELDS = ("task_id", "task_type", "arrival_s", "timestamp", "duration_s", "node", "gpu", "crashed")
-#: Report at most this many row errors; a million bad rows should not make a million-line message.
-MAX_REPORTED_ERRORS = 50
-
-_ONE_SECOND = timedelta(seconds=1)
-
-#: Longest trace (last arrival after the first) and longest hold the model takes: 366 days each.
-#: The engines size per-minute arrays by the run's horizon, so a time of 1e12 s would ask for
-#: millions of megabytes; a year (a leap year included) covers any recorded workload.
-MAX_SPAN_S = 366 * 86400.0
-MAX_DURATION_S = 366 * 86400.0
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    index: int          # 0-based position after sorting by (arrival_s, line); tie-break, RNG id
-    task_id: str        # from the row, or f"{stem}:{line}" when absent; duplicates are an error
-    task_type: str      # non-empty
-    arrival_s: float    # seconds from the FIRST arrival of the trace (first task has 0.0)
-    duration_s: float   # GPU hold time, finite, > 0
-    node: str | None    # optional node name ("node0", "node1", ... by default in a cluster)
-    gpu: int | None     # optional GPU index >= 0
-    crashed: bool       # the worker dies while holding the lock
-    line: int           # source line, 1-based (CSV header is line 1, first data row line 2)
-
-
-@dataclass(frozen=True)
-class Trace:
-    tasks: tuple[Task, ...]
-    source: str                 # path as given, or "<synth>", "<memory>"
-    start_epoch: float | None   # epoch seconds of the first arrival when rows used ISO timestamps
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    @cached_property
-    def task_types(self) -> tuple[str, ...]:
-        return tuple(sorted({t.task_type for t in self.tasks}))
-
-    @cached_property
-    def columns(self) -> "TraceColumns":
-        """The tasks as arrays (built once per trace: the engines and checks read these)."""
-        return TraceColumns.of(self)
-
-    @property
-    def horizon_s(self) -> float:
-        return self.tasks[-1].arrival_s if self.tasks else 0.0
-
-
-@dataclass(frozen=True)
-class TraceColumns:
-    arrival_s: np.ndarray      # float64
-    duration_s: np.ndarray     # float64
-    crashed: np.ndarray        # bool
-    gpu: np.ndarray            # int64, -1 = not given
-    node: np.ndarray           # int64 code into `nodes`, -1 = not given
-    nodes: tuple[str, ...]     # node names the trace names, sorted
-    task_type: np.ndarray      # int64 code into `types`
-    types: tuple[str, ...]     # sorted
-
-    @classmethod
-    def of(cls, trace: "Trace") -> "TraceColumns":
-        tasks = trace.tasks
-        n = len(tasks)
-        types = trace.task_types
-        type_code = {t: i for i, t in enumerate(types)}
-        nodes = tuple(sorted({t.node for t in tasks if t.node is not None}))
-        node_code: dict[str | None, int] = {nd: i for i, nd in enumerate(nodes)}
-        node_code[None] = -1
-        return cls(
-            arrival_s=np.fromiter((t.arrival_s for t in tasks), np.float64, n),
-            duration_s=np.fromiter((t.duration_s for t in tasks), np.float64, n),
-            crashed=np.fromiter((t.crashed for t in tasks), np.bool_, n),
-            gpu=np.fromiter((-1 if t.gpu is None else t.gpu for t in tasks), np.int64, n),
-            node=np.fromiter((node_code[t.node] for t in tasks), np.int64, n),
-            nodes=nodes,
-            task_type=np.fromiter((type_code[t.task_type] for t in tasks), np.int64, n),
-            types=types)
-
+__all__ = ["FIELDS", "MAX_DURATION_S", "MAX_REPORTED_ERRORS", "MAX_SPAN_S", "Task", "Trace",
+           "TraceColumns", "TraceRow", "load_trace", "make_trace", "parse_timestamp",
+           "raise_all", "read_csv_table", "file_stem", "task_row", "trace_format",
+           "trace_from_rows", "write_rows", "write_trace"]
 
 # ---------------------------------------------------------------------------------------------
 # Row schema. A TypedDict (not a BaseModel) because validating a list of plain dicts in one
 # pydantic-core call is several times faster than building a model per row.
-
-
-def parse_timestamp(value: str) -> datetime:
-    """ISO 8601 text -> aware datetime; naive means UTC."""
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("not an ISO 8601 timestamp") from None
-    # Naive timestamps are UTC (documented); never the local zone of whoever runs the tool.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 _NonEmpty = Annotated[str, Field(min_length=1)]
@@ -145,7 +59,11 @@ class TraceRow(TypedDict, total=False):
     crashed: bool | None
 
 
-_ROWS = TypeAdapter(list[TraceRow])
+
+@functools.cache
+def _rows_adapter() -> TypeAdapter:
+    """The row validator, built on first use (the columnar reader never needs it)."""
+    return TypeAdapter(list[TraceRow])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +90,23 @@ def _no_gc(fn):
 
 @_no_gc
 def load_trace(path: str | Path) -> Trace:
-    """Read a trace file; the format follows the suffix (.jsonl/.ndjson/.csv, optionally .gz)."""
+    """Read a trace file; the format follows the suffix (.jsonl/.ndjson/.csv, optionally .gz).
+
+    A columnar reader loads the file when every row is plainly valid; the first doubt (a bad
+    row, an unusual spelling it does not vouch for) hands the file to the row-by-row reader,
+    which gives the same trace or words the errors, naming file, line and field.
+    """
     source = str(path)
     fmt = trace_format(source)
+    from gpusim.traces.fast import read_columns
+    raw = read_columns(source, fmt)
+    if raw is not None:
+        return assemble(raw, source)
+    return _load_rows(source, fmt)
+
+
+def _load_rows(source: str, fmt: str) -> Trace:
+    """The row-by-row reader: every row through the pydantic schema (the reference reader)."""
     try:
         opener = gzip.open if source.endswith(".gz") else open
         with opener(source, "rt", encoding="utf-8-sig", newline="") as fh:
@@ -322,7 +254,7 @@ def _validate(rows: list[dict], lines: list[int], source: str, *, strict: bool,
               errors: list[InputError]) -> Trace:
     errors = list(errors)
     try:
-        valid: list[dict] | None = _ROWS.validate_python(rows, strict=strict)
+        valid: list[dict] | None = _rows_adapter().validate_python(rows, strict=strict)
     except ValidationError as exc:
         valid = None
         for err in exc.errors(include_url=False):
@@ -331,59 +263,35 @@ def _validate(rows: list[dict], lines: list[int], source: str, *, strict: bool,
     if errors:
         raise_all(errors)
     assert valid is not None
-    if not valid:
-        raise InputError("empty trace: no task rows", file=source)
-
-    stem = file_stem(source)
-    ids = [row.get("task_id") or f"{stem}:{lineno}" for row, lineno in zip(valid, lines)]
-    if len(set(ids)) != len(ids):
-        raise_all(_duplicate_errors(ids, lines, source))
-    if "timestamp" in valid[0]:
-        t0 = min(r["timestamp"] for r in valid)
-        # timedelta arithmetic is exact in microseconds, epoch floats are not.
-        arrivals = [(r["timestamp"] - t0) / _ONE_SECOND for r in valid]
-        start_epoch: float | None = t0.timestamp()
-        _check_span(arrivals, lines, source)
-    else:
-        base = min(r["arrival_s"] for r in valid)
-        arrivals = [r["arrival_s"] - base for r in valid]
-        start_epoch = None
-    # Build the Task objects straight from the validated dicts in sorted order: at a million rows
-    # an intermediate list of tuples costs a second. Python's sort is stable, so with lines
-    # ascending (as every reader gives them) sorting by arrival alone is by (arrival, line).
-    if all(a < b for a, b in zip(lines, lines[1:])):
-        order = sorted(range(len(valid)), key=arrivals.__getitem__)
-    else:
-        order = sorted(range(len(valid)), key=lambda j: (arrivals[j], lines[j]))
-    tasks = []
-    for i, j in enumerate(order):
-        row = valid[j]
-        tasks.append(Task(i, ids[j], row["task_type"], arrivals[j], row["duration_s"],
-                          row.get("node"), row.get("gpu"), bool(row.get("crashed")), lines[j]))
-    return Trace(tasks=tuple(tasks), source=source, start_epoch=start_epoch)
+    return assemble(_raw_columns(valid, lines), source)
 
 
-def _duplicate_errors(ids: list[str], lines: list[int], source: str) -> list[InputError]:
-    first: dict[str, int] = {}
-    errors = []
-    for task_id, lineno in zip(ids, lines):
-        seen = first.setdefault(task_id, lineno)
-        if seen != lineno:
-            errors.append(InputError(f"duplicate task_id {task_id!r} (first on line {seen})",
-                                     file=source, line=lineno, field="task_id"))
-    return errors
+def _raw_columns(valid: list[dict], lines: list[int]) -> RawColumns:
+    """Validated row dicts (one time field, the same in every row) as columns in file order."""
+    timestamps = bool(valid) and "timestamp" in valid[0]
+    return RawColumns(
+        lines=np.array(lines, dtype=np.int64),
+        task_id=[r.get("task_id") for r in valid],
+        task_type=[r["task_type"] for r in valid],
+        duration_s=np.array([r["duration_s"] for r in valid], dtype=np.float64),
+        node=[r.get("node") for r in valid],
+        gpu=[r.get("gpu") for r in valid],
+        crashed=np.array([bool(r.get("crashed")) for r in valid], dtype=np.bool_),
+        arrival_s=None if timestamps else np.array([r["arrival_s"] for r in valid],
+                                                   dtype=np.float64),
+        epoch_us=[epoch_us(r["timestamp"]) for r in valid] if timestamps else None)
 
 
 def make_trace(records: list[tuple], source: str, start_epoch: float | None = None) -> Trace:
     """Assemble an already-valid trace from (task_id, task_type, arrival_s, duration_s, node,
     gpu, crashed, line) tuples: sort by (arrival_s, line), number, shift nothing.
 
-    For generators (synth) that produce valid values by construction; readers call it last.
+    For generators (synth) that produce valid values by construction.
     """
     # Sorting by (arrival, line) keeps tie order stable and independent of the input order.
     records = sorted(records, key=lambda r: (r[2], r[7]))
     tasks = tuple(Task(i, *r) for i, r in enumerate(records))
-    return Trace(tasks=tasks, source=source, start_epoch=start_epoch)
+    return Trace(tasks, source, start_epoch)
 
 
 def _row_error(err: Mapping[str, Any], lines: list[int], source: str) -> InputError:
@@ -400,15 +308,6 @@ def _row_error(err: Mapping[str, Any], lines: list[int], source: str) -> InputEr
         msg = (f"must be at most {err['ctx']['le']:.0f} s (366 days: the longest trace and "
                "the longest hold gpusim models)")
     return InputError(f"{msg} (got {err['input']!r})", file=source, line=line, field=field)
-
-
-def _check_span(arrivals: list[float], lines: list[int], source: str) -> None:
-    """Timestamps may lie anywhere in time, but the first and last at most MAX_SPAN_S apart."""
-    last = max(range(len(arrivals)), key=arrivals.__getitem__)
-    if arrivals[last] > MAX_SPAN_S:
-        raise InputError(f"the trace spans {arrivals[last] / 86400:.6g} days; at most 366 days "
-                         f"({MAX_SPAN_S:.0f} s) from the first arrival", file=source,
-                         line=lines[last], field="timestamp")
 
 
 def _time_mode_errors(rows: list[dict], lines: list[int], source: str) -> list[InputError]:
@@ -432,24 +331,6 @@ def _time_mode_errors(rows: list[dict], lines: list[int], source: str) -> list[I
                     f"mixes time fields: this row uses {this}, line {mode[1]} uses {mode[0]}",
                     file=source, line=lineno, field=this))
     return errors
-
-
-def raise_all(errors: list[InputError]) -> None:
-    """Raise InputErrors for a non-empty list, sorted by line, at most MAX_REPORTED_ERRORS."""
-    errors = sorted(errors, key=lambda e: (e.line or 0))
-    if len(errors) > MAX_REPORTED_ERRORS:
-        more = len(errors) - MAX_REPORTED_ERRORS
-        errors = errors[:MAX_REPORTED_ERRORS] + [
-            InputError(f"... and {more} more errors", file=errors[0].file)]
-    raise InputErrors(errors)
-
-
-def file_stem(source: str) -> str:
-    """'traces/day1.jsonl.gz' -> 'day1' (the prefix of generated task ids)."""
-    name = Path(source).name
-    for suffix in (".gz", ".jsonl", ".ndjson", ".csv"):
-        name = name.removesuffix(suffix)
-    return name or source
 
 
 # ---------------------------------------------------------------------------------------------
