@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,9 @@ def _child(job: SearchJob, k: int) -> None:
             run_worker(study, objective(job), target_trials=job.trials, storage=storage)
     except KeyboardInterrupt:
         os._exit(130)
-    except BaseException:  # noqa: BLE001 - a child reports by its exit code
-        os._exit(1)
+    except BaseException as e:  # noqa: BLE001 - a child reports one line and its exit code
+        try:
+            sys.stderr.write(f"worker {k}: {type(e).__name__}: {e}\n")
+        finally:
+            os._exit(1)
     os._exit(0)

@@ -107,7 +107,8 @@ class SearchSpace(BaseModel):
                 out.append(f"{name}={x} outside [{r.low}, {r.high}]")
         for name in BOOLS:
             if getattr(cfg, name) not in getattr(self, name).choices:
-                out.append(f"{name}={getattr(cfg, name)} not in {list(getattr(self, name).choices)}")
+                allowed = list(getattr(self, name).choices)
+                out.append(f"{name}={getattr(cfg, name)} not in {allowed}")
         return out
 
 

@@ -15,13 +15,13 @@ from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outpu
                                check_seed_option, err, fail, out, set_interrupt_note)
 from gpusim.errors import InputError
 
-TUNE_HELP = """Search the gpu_lock settings for a config that passes every gate against today's
-config on TRACE, or show that none does and why.
+TUNE_HELP = """\
+Search the gpu_lock settings for a config that passes every gate, or show why none does.
 
-Writes rec.json (schema gpusim.recommendation/1; --schema prints its JSON Schema). The study is
-kept in --storage (default: a journal file beside --out), so an interrupted run resumes with the
-same command, and any number of `gpusim tune` processes with one storage and study name share
-one study."""
+Judged against today's config (--baseline) on TRACE. Writes rec.json (schema
+gpusim.recommendation/1; --schema prints its JSON Schema). The study is kept in --storage
+(default: a journal file beside --out), so an interrupted run resumes with the same command,
+and any number of `gpusim tune` processes with one storage and study name share one study."""
 
 
 def register(app: typer.Typer) -> None:
@@ -79,6 +79,12 @@ def tune_command(
                                        per_type_trials=per_type_trials))
     except InputError as e:
         raise bad_input(e) from None
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except Exception as e:  # a worker's error: one line, the study keeps what it finished
+        raise fail(f"tune stopped: {type(e).__name__}: {e}; the study keeps its finished "
+                   f"trials: fix the cause and run the same command to resume",
+                   ExitCode.FAIL) from None
     _print(rec, out_path)
     raise typer.Exit(ExitCode.OK if rec.status == "recommended" else ExitCode.FAIL)
 
@@ -145,8 +151,10 @@ def report_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, "
                                           "report.html and the PNG plots")],
 ) -> None:
-    """Write report.md with PNG plots (Pareto front, wait curves per task type, headroom,
-    importances) and one self-contained report.html from a rec.json."""
+    """Write report.md, PNG plots and one self-contained report.html from a rec.json.
+
+    Plots: the Pareto front, wait curves per task type (give-ups censored), headroom,
+    importances."""
     from advisor.recommendation import load_recommendation
     from advisor.report import write_report
     try:
