@@ -158,8 +158,6 @@ def nearest(checked: list[Checked]) -> Checked | None:
             if end is None:
                 total += 1.0
             elif not cr.passed_conservatively:
-                gap = cr.threshold - end if cr.op == ">=" else end - cr.threshold
-                scale = c.scored.span_s if cr.name == "double_occupancy_s" else 1.0
-                total += max(gap, 0.0) / max(scale, 1.0)
+                total += max(c.scored.miss(cr, end), 0.0)
         return total
     return min(checked, key=lambda c: (miss(c), c.wait_upper, c.trial))

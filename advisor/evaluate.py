@@ -54,16 +54,13 @@ class Scored:
 
         Rates are in their own units; seconds of double occupancy are taken as a share of the
         trace span, so no one gate's units swamp the others in the sampler's total violation."""
-        out = {}
-        for c in self.criteria:
-            if c.value is None:
-                out[c.name] = 1.0
-                continue
-            miss = c.threshold - c.value if c.op == ">=" else c.value - c.threshold
-            if c.name == "double_occupancy_s":
-                miss /= max(self.span_s, 1.0)
-            out[c.name] = float(miss)
-        return out
+        return {c.name: 1.0 if c.value is None else self.miss(c, c.value)
+                for c in self.criteria}
+
+    def miss(self, c: Criterion, at: float) -> float:
+        """How far `at` misses gate `c`, in the units constraints() uses (<= 0: it does not)."""
+        scale = max(self.span_s, 1.0) if c.name == "double_occupancy_s" else 1.0
+        return float(c.shortfall(at) / scale)
 
     def violation(self) -> float:
         return sum(max(v, 0.0) for v in self.constraints().values())

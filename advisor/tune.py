@@ -59,7 +59,7 @@ def check_seed_of(seed: int) -> int:
     return s if s != seed else (s + 1) % 2**64
 
 
-def study_name_for(trace: Trace, sha: str, baseline: GpuLockConfig, cluster: Cluster,
+def study_name_for(sha: str, baseline: GpuLockConfig, cluster: Cluster,
                    th: Thresholds, space: SearchSpace, opt: TuneOptions) -> str:
     doc = json.dumps({"trace": sha, "baseline": baseline.model_dump(),
                       "cluster": [(n.name, n.gpus) for n in cluster.nodes] + [cluster.gpu_policy],
@@ -82,7 +82,7 @@ def tune(trace: Trace, baseline: LockSettings, *, cluster: Cluster | None = None
     ev = Evaluator(trace, cluster, baseline, th, engine=options.engine)
     base_search = ev.baseline_result(options.seed, options.replications)  # checks the inputs
     sha = base_search.inputs["trace"]["sha256"]
-    name = options.study_name or study_name_for(trace, sha, baseline.gpu_lock, cluster, th,
+    name = options.study_name or study_name_for(sha, baseline.gpu_lock, cluster, th,
                                                 space, options)
     job = SearchJob(ev, space, options.storage, options.journal, name, options.seed,
                     options.seed, options.replications, options.trials)
@@ -195,7 +195,7 @@ def _ideal(ev: Evaluator, space: SearchSpace, o: TuneOptions) -> IdealLock:
 
 def _gate(c: Any) -> Gate:
     cons = c.conservative
-    cm = None if cons is None else (cons - c.threshold if c.op == ">=" else c.threshold - cons)
+    cm = None if cons is None else -c.shortfall(cons)
     return Gate(name=c.name, op=c.op, threshold=c.threshold, value=c.value,
                 ci95=tuple(c.ci95) if c.ci95 else None, conservative=cons, margin=c.margin,
                 conservative_margin=cm, passed=c.passed_conservatively)

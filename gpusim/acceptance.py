@@ -71,9 +71,12 @@ class Criterion:
 
     @property
     def margin(self) -> float | None:
-        if self.value is None:
-            return None
-        return self.value - self.threshold if self.op == ">=" else self.threshold - self.value
+        """The value's distance beyond the threshold (> 0: on the passing side)."""
+        return None if self.value is None else -self.shortfall(self.value)
+
+    def shortfall(self, at: float) -> float:
+        """How far `at` lies on the failing side of the threshold (<= 0: it does not)."""
+        return self.threshold - at if self.op == ">=" else at - self.threshold
 
     @property
     def conservative(self) -> float | None:
