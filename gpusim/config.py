@@ -99,6 +99,22 @@ class LockSettings(BaseModel):
 
 
 GPU_LOCK_KEYS = tuple(GpuLockConfig.model_fields)
+
+
+def config_digest(cfg: GpuLockConfig | LockSettings) -> str:
+    """A short, stable name for a gpu_lock config: "sha256:" and 16 hex digits.
+
+    Over the canonical JSON of the seven gpu_lock values (sorted keys, numbers as floats so
+    `2` and `2.0` agree), so the same settings from any file, in any key order, digest alike.
+    Observed traces carry it per task (`config_digest`) to say which config each task ran under.
+    """
+    import hashlib
+    import json
+    lock = cfg.gpu_lock if isinstance(cfg, LockSettings) else cfg
+    values = {k: (v if isinstance(v, bool) else float(v))
+              for k, v in lock.model_dump().items()}
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 ENV_PREFIX = "GPU_LOCK_"
 
 

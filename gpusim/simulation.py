@@ -20,6 +20,7 @@ from gpusim.output import jsonable
 from gpusim.records import TaskRecord
 from gpusim.stats import combine
 from gpusim.traces.format import Trace
+from gpusim.traces.observed import check_holds_known
 
 RESULT_SCHEMA = "gpusim.result/1"
 
@@ -65,6 +66,7 @@ def as_settings(settings: LockSettings | GpuLockConfig) -> LockSettings:
 
 def check_fits(trace: Trace, cluster: Cluster) -> None:
     """Every task must be placeable: its node exists, its GPU exists, a service runs its type."""
+    check_holds_known(trace)
     nodes = cluster.node_by_name()
     cols = trace.columns
     for ttype in cols.types:

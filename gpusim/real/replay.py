@@ -213,6 +213,8 @@ def _check_args(trace: Any, time_scale: float, runs: int, hold: str) -> None:
         raise InputError("must be 'sleep' or 'cuda'", field="hold")
     if len(trace) == 0:
         raise InputError("trace has no tasks", file=getattr(trace, "source", None))
+    from gpusim.traces.observed import check_holds_known
+    check_holds_known(trace)  # a task that timed out in the record has no hold to replay
 
 
 def _plan(trace: Any, cluster: Any, settings: GpuLockConfig, time_scale: float) -> list[tuple]:

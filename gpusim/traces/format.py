@@ -17,7 +17,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Required
+from typing import Annotated, Any, Literal, Required
 
 import numpy as np
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
@@ -25,6 +25,7 @@ from typing_extensions import TypedDict
 
 from gpusim.errors import InputError, InputErrors
 from gpusim.output import atomic_write_bytes
+from gpusim.traces.observed import OBSERVED_FIELDS, Observed
 from gpusim.traces.trace import (FIELDS, MAX_DURATION_S, MAX_REPORTED_ERRORS, MAX_SPAN_S,
                                  RawColumns, Task, Trace, TraceColumns, assemble, epoch_us,
                                  file_stem, parse_timestamp, raise_all)
@@ -53,10 +54,15 @@ class TraceRow(TypedDict, total=False):
     task_type: Required[_NonEmpty]
     arrival_s: _Seconds
     timestamp: _Timestamp
-    duration_s: Required[_Hold]
+    duration_s: _Hold | None  # required, except on a row whose outcome is "timeout"
     node: _NonEmpty | None
     gpu: _GpuIndex | None
     crashed: bool | None
+    # observed outcomes (gpusim/traces/observed.py)
+    wait_s: _Seconds | None
+    outcome: Literal["acquired", "timeout"] | None
+    attempts: Annotated[int, Field(ge=0)] | None
+    config_digest: _NonEmpty | None
 
 
 
@@ -260,26 +266,37 @@ def _validate(rows: list[dict], lines: list[int], source: str, *, strict: bool,
         for err in exc.errors(include_url=False):
             errors.append(_row_error(err, lines, source))
     errors.extend(_time_mode_errors(rows, lines, source))
+    errors.extend(_hold_errors(rows, lines, source))
     if errors:
         raise_all(errors)
     assert valid is not None
     return assemble(_raw_columns(valid, lines), source)
 
 
+def _hold_errors(rows: list[dict], lines: list[int], source: str) -> list[InputError]:
+    """duration_s may be absent only where the task gave up: then the hold is unknown."""
+    return [InputError("required field is missing (only a row with outcome \"timeout\" may "
+                       "leave the hold time out)", file=source, line=lineno, field="duration_s")
+            for row, lineno in zip(rows, lines)
+            if row.get("duration_s") is None and row.get("outcome") != "timeout"]
+
+
 def _raw_columns(valid: list[dict], lines: list[int]) -> RawColumns:
     """Validated row dicts (one time field, the same in every row) as columns in file order."""
     timestamps = bool(valid) and "timestamp" in valid[0]
+    holds = [r.get("duration_s") for r in valid]
     return RawColumns(
         lines=np.array(lines, dtype=np.int64),
         task_id=[r.get("task_id") for r in valid],
         task_type=[r["task_type"] for r in valid],
-        duration_s=np.array([r["duration_s"] for r in valid], dtype=np.float64),
+        duration_s=np.array([np.nan if h is None else h for h in holds], dtype=np.float64),
         node=[r.get("node") for r in valid],
         gpu=[r.get("gpu") for r in valid],
         crashed=np.array([bool(r.get("crashed")) for r in valid], dtype=np.bool_),
         arrival_s=None if timestamps else np.array([r["arrival_s"] for r in valid],
                                                    dtype=np.float64),
-        epoch_us=[epoch_us(r["timestamp"]) for r in valid] if timestamps else None)
+        epoch_us=[epoch_us(r["timestamp"]) for r in valid] if timestamps else None,
+        observed=Observed.from_values(*([r.get(f) for r in valid] for f in OBSERVED_FIELDS)))
 
 
 def make_trace(records: list[tuple], source: str, start_epoch: float | None = None) -> Trace:
@@ -340,13 +357,19 @@ def _time_mode_errors(rows: list[dict], lines: list[int], source: str) -> list[I
 def task_row(task: Task) -> dict[str, Any]:
     """One task as a trace row (optional fields left out when at their default)."""
     row: dict[str, Any] = {"task_id": task.task_id, "task_type": task.task_type,
-                           "arrival_s": task.arrival_s, "duration_s": task.duration_s}
+                           "arrival_s": task.arrival_s}
+    if task.duration_s is not None:
+        row["duration_s"] = task.duration_s
     if task.node is not None:
         row["node"] = task.node
     if task.gpu is not None:
         row["gpu"] = task.gpu
     if task.crashed:
         row["crashed"] = True
+    for name in OBSERVED_FIELDS:
+        value = getattr(task, name)
+        if value is not None:
+            row[name] = value
     return row
 
 

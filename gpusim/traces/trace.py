@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from gpusim.errors import InputError, InputErrors
+from gpusim.traces.observed import OBSERVED_FIELDS, Observed
 
 #: Column order used by the writers; also the set of allowed row fields.
-FIELDS = ("task_id", "task_type", "arrival_s", "timestamp", "duration_s", "node", "gpu", "crashed")
+FIELDS = ("task_id", "task_type", "arrival_s", "timestamp", "duration_s", "node", "gpu", "crashed",
+          *OBSERVED_FIELDS)
 #: Report at most this many row errors; a million bad rows should not make a million-line message.
 MAX_REPORTED_ERRORS = 50
 
@@ -57,11 +59,16 @@ class Task:
     task_id: str        # from the row, or f"{stem}:{line}" when absent; duplicates are an error
     task_type: str      # non-empty
     arrival_s: float    # seconds from the FIRST arrival of the trace (first task has 0.0)
-    duration_s: float   # GPU hold time, finite, > 0
+    duration_s: float | None  # GPU hold time, finite, > 0; None: unknown (timed out in the record)
     node: str | None    # optional node name ("node0", "node1", ... by default in a cluster)
     gpu: int | None     # optional GPU index >= 0
     crashed: bool       # the worker dies while holding the lock
     line: int           # source line, 1-based (CSV header is line 1, first data row line 2)
+    # Observed outcomes (gpusim.traces.observed), None where the row does not give them.
+    wait_s: float | None = None      # observed lock wait, s
+    outcome: str | None = None       # "acquired" | "timeout"
+    attempts: int | None = None      # tries of the acquire loop
+    config_digest: str | None = None  # the gpu_lock config it ran under (config_digest())
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,8 @@ class TraceColumns:
         node_code[None] = -1
         return cls(
             arrival_s=np.fromiter((t.arrival_s for t in tasks), np.float64, n),
-            duration_s=np.fromiter((t.duration_s for t in tasks), np.float64, n),
+            duration_s=np.fromiter((np.nan if t.duration_s is None else t.duration_s
+                                    for t in tasks), np.float64, n),
             crashed=np.fromiter((t.crashed for t in tasks), np.bool_, n),
             gpu=np.fromiter((-1 if t.gpu is None else t.gpu for t in tasks), np.int64, n),
             node=np.fromiter((node_code[t.node] for t in tasks), np.int64, n),
@@ -109,7 +117,8 @@ class Trace:
 
     def __init__(self, tasks: Iterable[Task] | None = None, source: str = "<memory>",
                  start_epoch: float | None = None, *, columns: TraceColumns | None = None,
-                 task_ids: Sequence[str] | None = None, lines: np.ndarray | None = None):
+                 task_ids: Sequence[str] | None = None, lines: np.ndarray | None = None,
+                 observed: Observed | None = None):
         set_ = object.__setattr__
         set_(self, "source", source)            # path as given, or "<synth>", "<memory>"
         set_(self, "start_epoch", start_epoch)  # epoch s of the first arrival (ISO timestamps)
@@ -117,10 +126,13 @@ class Trace:
             if columns is not None:
                 raise TypeError("give tasks or columns, not both")
             self.__dict__["tasks"] = tuple(tasks)
+            if observed is not None:
+                raise TypeError("observed outcomes come with the tasks")
         elif columns is None or task_ids is None or lines is None:
             raise TypeError("give tasks, or columns with task_ids and lines")
         else:
-            self.__dict__.update(columns=columns, task_ids=list(task_ids), lines=lines)
+            self.__dict__.update(columns=columns, task_ids=list(task_ids), lines=lines,
+                                 observed=observed)
 
     source: str
     start_epoch: float | None
@@ -165,9 +177,22 @@ class Trace:
         types = np.array(cols.types, dtype=object)[cols.task_type].tolist()
         nodes = np.array(cols.nodes + (None,), dtype=object)[cols.node].tolist()
         gpus = np.where(cols.gpu < 0, None, cols.gpu.astype(object)).tolist()
-        return tuple(map(Task, range(n), self.task_ids, types, cols.arrival_s.tolist(),
-                         cols.duration_s.tolist(), nodes, gpus, cols.crashed.tolist(),
-                         self.lines.tolist()))
+        holds = np.where(np.isnan(cols.duration_s), None,
+                         cols.duration_s.astype(object)).tolist()
+        tasks = map(Task, range(n), self.task_ids, types, cols.arrival_s.tolist(), holds, nodes,
+                    gpus, cols.crashed.tolist(), self.lines.tolist())
+        obs = self.observed
+        if obs is None:
+            return tuple(tasks)
+        return tuple(dataclasses.replace(t, **dict(zip(OBSERVED_FIELDS, obs.values(t.index))))
+                     for t in tasks)
+
+    @cached_property
+    def observed(self) -> Observed | None:
+        """What happened to each task in the record (None: the trace gives no outcomes)."""
+        ts = self.tasks
+        return Observed.from_values([t.wait_s for t in ts], [t.outcome for t in ts],
+                                    [t.attempts for t in ts], [t.config_digest for t in ts])
 
     @cached_property
     def columns(self) -> TraceColumns:
@@ -200,10 +225,13 @@ class Trace:
         cols = self.columns
         gpu = int(cols.gpu[i])
         node = int(cols.node[i])
-        return Task(range(len(self))[i], self.task_ids[i], cols.types[cols.task_type[i]],
-                    float(cols.arrival_s[i]), float(cols.duration_s[i]),
+        hold = float(cols.duration_s[i])
+        index = range(len(self))[i]
+        seen = self.observed.values(index) if self.observed is not None else ()
+        return Task(index, self.task_ids[i], cols.types[cols.task_type[i]],
+                    float(cols.arrival_s[i]), None if np.isnan(hold) else hold,
                     cols.nodes[node] if node >= 0 else None, gpu if gpu >= 0 else None,
-                    bool(cols.crashed[i]), int(self.lines[i]))
+                    bool(cols.crashed[i]), int(self.lines[i]), *seen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +261,7 @@ class RawColumns:
     crashed: np.ndarray             # bool
     arrival_s: np.ndarray | None = None
     epoch_us: list[int] | None = None
+    observed: Observed | None = None  # in file order; None: no row gives outcomes
 
 
 def assemble(raw: RawColumns, source: str) -> Trace:
@@ -266,8 +295,9 @@ def assemble(raw: RawColumns, source: str) -> Trace:
         task_type=sort(type_codes), types=types)
     if order is not None:
         ids = list(map(ids.__getitem__, order.tolist()))
+    observed = raw.observed.take(order) if raw.observed is not None else None
     return Trace(columns=columns, task_ids=ids, lines=sort(lines), source=source,
-                 start_epoch=start_epoch)
+                 start_epoch=start_epoch, observed=observed)
 
 
 def _order(arrivals: np.ndarray, lines: np.ndarray) -> np.ndarray | None:
