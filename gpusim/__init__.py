@@ -31,11 +31,15 @@ _WHERE = {
     "parse_lock_settings": "gpusim.config",
     "GpuLockConfig": "gpusim.config",
     "LockSettings": "gpusim.config",
+    "config_digest": "gpusim.config",
     "load_cluster": "gpusim.cluster",
     "build_cluster": "gpusim.cluster",
     "default_cluster": "gpusim.cluster",
     "Cluster": "gpusim.cluster",
     "ClusterSpec": "gpusim.cluster",
+    "ConfigChange": "gpusim.schedule",
+    "load_schedule": "gpusim.schedule",
+    "parse_config_change": "gpusim.schedule",
     # read YAML as every gpusim reader does (errors name file and line; duplicate keys refused)
     "read_yaml": "gpusim.yamlio",
     "key_lines": "gpusim.yamlio",
@@ -83,11 +87,13 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from gpusim.cluster import Cluster, ClusterSpec, build_cluster, default_cluster, load_cluster
     from gpusim.compare import Comparison, compare
     from gpusim.config import GpuLockConfig, LockSettings, load_lock_settings, parse_lock_settings
+    from gpusim.config import config_digest
     from gpusim.engines.replication import ReplicationResult
     from gpusim.errors import InputError
     from gpusim.exitcodes import ExitCode
     from gpusim.metrics import Metric
     from gpusim.records import KeyHold, Mechanism, Outcome, Release, RunLog, TaskRecord
+    from gpusim.schedule import ConfigChange, load_schedule, parse_config_change
     from gpusim.simulation import SimulationResult, simulate
     from gpusim.stats import mean_ci
     from gpusim.yamlio import key_lines, line_of, read_yaml

@@ -88,6 +88,9 @@ class TaskRecord:
     # None until computed (gpusim.engines.replication.run_replication fills them).
     held_wait_s: float | None = None
     free_wait_s: float | None = None
+    # Which gpu_lock config it read when it started acquiring: 0 its node's initial one, k the
+    # k-th config change in time order (gpusim.schedule; result inputs "config_changes").
+    config_index: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +141,7 @@ class TaskTable:
 
     INT_COLS = ("index", "node", "gpu", "outcome", "mechanism", "attempts", "gets", "sets",
                 "event_wakeups", "missed_wakeups", "release", "lost_reason", "task_type",
-                "wait_gpu")
+                "wait_gpu", "config_index")
     FLOAT_COLS = ("arrival_s", "slot_s", "acquired_s", "gpu_end_s", "end_s", "wait_s",
                   "lost_lock_s", "held_wait_s", "free_wait_s")
     BOOL_COLS = ("fell_back", "deleted_other")
@@ -194,7 +197,7 @@ class TaskTable:
             deleted_other=bool(c["deleted_other"][i]), lost_lock_s=opt_f("lost_lock_s"),
             lost_reason=opt_s("lost_reason", LOST_REASONS),
             wait_gpu=None if wait_gpu < 0 else wait_gpu, held_wait_s=opt_f("held_wait_s"),
-            free_wait_s=opt_f("free_wait_s"))
+            free_wait_s=opt_f("free_wait_s"), config_index=int(c["config_index"][i]))
 
     def records(self) -> tuple[TaskRecord, ...]:
         if self._records is None:
@@ -248,7 +251,8 @@ class TaskTable:
             cols["lost_reason"].append(_code(r.lost_reason, LOST_REASONS))
             cols["task_type"].append(t_code[r.task_type])
             for k in ("attempts", "gets", "sets", "event_wakeups", "missed_wakeups",
-                      "fell_back", "deleted_other", "arrival_s", "slot_s", "end_s", "wait_s"):
+                      "config_index", "fell_back", "deleted_other", "arrival_s", "slot_s",
+                      "end_s", "wait_s"):
                 cols[k].append(getattr(r, k))
             for k in ("acquired_s", "gpu_end_s", "lost_lock_s", "held_wait_s", "free_wait_s"):
                 v = getattr(r, k)

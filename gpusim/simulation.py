@@ -14,10 +14,11 @@ from gpusim.version import __version__
 from gpusim.cluster import Cluster, default_cluster
 from gpusim.config import GpuLockConfig, LockSettings
 from gpusim.errors import InputError
-from gpusim.engines import engine_class
+from gpusim.engines import check_engine, engine_for_run
 from gpusim.engines.replication import ReplicationResult, run_replication
 from gpusim.output import jsonable
 from gpusim.records import TaskRecord
+from gpusim.schedule import ConfigChange, describe, sorted_changes
 from gpusim.stats import combine
 from gpusim.traces.format import Trace
 from gpusim.traces.observed import check_holds_known
@@ -110,9 +111,13 @@ def trace_digest(trace: Trace) -> str:
 def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
              cluster: Cluster | None = None, *, seed: int = 0, replications: int = 1,
              engine: str = "fast", time_scale: float = 1.0,
-             jobs: int = 1) -> SimulationResult:
+             jobs: int = 1, changes: Sequence[ConfigChange] = ()) -> SimulationResult:
     """Replay `trace` under `settings` on `cluster`, `replications` times with seeds derived
-    from `seed`; replication r uses the same random streams whatever the config (CRN)."""
+    from `seed`; replication r uses the same random streams whatever the config (CRN).
+
+    `changes` (gpusim.schedule): config changes during the trace; a task uses the gpu_lock in
+    force on its node when it starts acquiring (a change at that instant applies), tasks already
+    waiting or holding keep theirs. Listed in `inputs["config_changes"]` (absent when none)."""
     check_seed(seed)
     if replications < 1:
         raise InputError("must be >= 1", field="replications")
@@ -121,8 +126,16 @@ def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
     cluster = cluster or default_cluster()
     settings = as_settings(settings)
     check_fits(trace, cluster)
-    engine_class(engine)
-    reps = _run_all(trace, cluster, settings, seed, replications, engine, time_scale, jobs)
+    changes = check_changes(changes, cluster, settings)
+    check_engine(engine)
+    configs = [(n.settings or settings).gpu_lock for n in cluster.nodes] + \
+        [c.settings.gpu_lock for c in changes]
+    # (the monitor sweeps for as long as a key lives: no small bound, so no reference there)
+    runs_on = engine_for_run(engine, 0, []) if cluster.options.monitor else engine_for_run(
+        engine, len(trace), configs,
+        max(cluster.options.max_wait_time_by_type.values(), default=0.0))
+    reps = _run_all(trace, cluster, settings, seed, replications, runs_on, time_scale, jobs,
+                    changes)
     metrics, ci95 = combine([r.metrics for r in reps])
     per_type_means = {}
     for ttype in reps[0].by_task_type:
@@ -137,18 +150,41 @@ def simulate(trace: Trace, settings: LockSettings | GpuLockConfig,
         "seed": seed, "replications": replications, "time_scale": time_scale,
         "engine": engine,
     }
+    if changes:  # absent without changes, so every result without them stays byte-identical
+        inputs["config_changes"] = describe(changes)
     return SimulationResult(inputs, metrics, ci95, per_type_means, reps)
+
+
+def check_changes(changes: Sequence[ConfigChange], cluster: Cluster,
+                  settings: LockSettings) -> list[ConfigChange]:
+    """The changes in time order; each names a node of the cluster (or none: every node).
+
+    A change carries gpu_lock only: the monitor reads its section once, at its start, so with
+    the monitor option on a change whose gpu_lock_monitor differs is refused, not ignored."""
+    changes = sorted_changes(changes)
+    names = [n.name for n in cluster.nodes]
+    monitor = (cluster.nodes[0].settings or settings).gpu_lock_monitor
+    for ch in changes:
+        if ch.node is not None and ch.node not in names:
+            raise InputError(f"node '{ch.node}' is not in the cluster (nodes: "
+                             f"{', '.join(names)})", file=ch.source, field="node")
+        if cluster.options.monitor and ch.settings.gpu_lock_monitor != monitor:
+            raise InputError("a config change cannot change gpu_lock_monitor (the monitor "
+                             "reads it once, when it starts)", file=ch.source,
+                             field="gpu_lock_monitor")
+    return changes
 
 
 def _run_all(trace: Trace, cluster: Cluster, settings: LockSettings, seed: int,
              replications: int, engine: str, time_scale: float,
-             jobs: int) -> list[ReplicationResult]:
+             jobs: int, changes: Sequence[ConfigChange] = ()) -> list[ReplicationResult]:
     if jobs <= 1 or replications == 1:
         return [run_replication(trace, cluster, settings, seed=seed, replication=r,
-                                engine=engine, time_scale=time_scale)
+                                engine=engine, time_scale=time_scale, changes=changes)
                 for r in range(replications)]
     from gpusim.engines.parallel import run_parallel
-    return run_parallel(trace, cluster, settings, seed, replications, engine, time_scale, jobs)
+    return run_parallel(trace, cluster, settings, seed, replications, engine, time_scale, jobs,
+                        tuple(changes))
 
 
 def cluster_summary(cluster: Cluster) -> dict[str, Any]:

@@ -89,3 +89,25 @@ def scenarios(draw, allow_monitor: bool = True, max_tasks: int = 25,
     cluster = draw(clusters(allow_monitor, wait_overrides))
     trace = draw(traces(cluster, max_tasks))
     return trace, cluster, draw(lock_configs()), draw(st.integers(0, 2**32 - 1))
+
+
+@st.composite
+def config_schedules(draw, cluster, trace, max_changes: int = 3):
+    """Config changes (gpusim.schedule) for a scenario: times at arrivals (acquire starts when
+    a slot is free: exact ties with a change), at whole seconds or anywhere; on every node or
+    one; never two at one time on one node (refused by design)."""
+    from gpusim.config import LockSettings
+    from gpusim.schedule import ConfigChange
+
+    arrivals = sorted({float(t.arrival_s) for t in trace.tasks})
+    names = [n.name for n in cluster.nodes]
+    out: list = []
+    for _ in range(draw(st.integers(0, max_changes))):
+        at = draw(st.one_of(st.sampled_from(arrivals), st.integers(0, 90).map(float),
+                            st.floats(0, 200, allow_nan=False)))
+        node = draw(st.one_of(st.none(), st.sampled_from(names)))
+        if any(c.at_s == at and (c.node is None or node is None or c.node == node)
+               for c in out):
+            continue
+        out.append(ConfigChange(at, LockSettings(gpu_lock=draw(lock_configs())), node))
+    return out

@@ -27,7 +27,7 @@ from gpusim.traces.format import load_trace
 
 from hypothesis import strategies as st
 
-from strategies import lock_configs, scenarios
+from strategies import config_schedules, lock_configs, scenarios
 
 # At least 500 generated cases per CI run (issue: "Make the model fast").
 CASES = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
@@ -38,9 +38,10 @@ def sample_1gpu_trace():
     return load_trace(Path(__file__).resolve().parents[1] / "traces/sample_1gpu_day.jsonl")
 
 
-def run(cls, trace, cluster, cfg, seed):
+def run(cls, trace, cluster, cfg, seed, changes=()):
     cfgs = cfg if isinstance(cfg, list) else [cfg] * len(cluster.nodes)
-    return cls(trace, cluster, [LockSettings(gpu_lock=c) for c in cfgs], seed=seed).run()
+    return cls(trace, cluster, [LockSettings(gpu_lock=c) for c in cfgs], seed=seed,
+               changes=changes).run()
 
 
 def assert_identical(ref, other, cluster, *, holds_in_order: bool):
@@ -83,6 +84,20 @@ def test_compiled_engine_matches_reference_with_per_node_configs(sc, data):
     per_node = [data.draw(lock_configs()) for _ in cluster.nodes]
     ref = run(Model, trace, cluster, per_node, seed)
     fast = run(CompiledModel, trace, cluster, per_node, seed)
+    assert_identical(ref, fast, cluster, holds_in_order=True)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenarios(max_tasks=40, wait_overrides=True), st.data())
+def test_compiled_engine_matches_reference_with_config_changes(sc, data):
+    """Dynamic config: random schedules of changes (every node or one, at arrivals, at whole
+    seconds or anywhere) on top of per-node configs; each task reads the config in force on its
+    node when it starts acquiring, in both engines alike, record by record (config_index too)."""
+    trace, cluster, _, seed = sc
+    per_node = [data.draw(lock_configs()) for _ in cluster.nodes]
+    changes = data.draw(config_schedules(cluster, trace))
+    ref = run(Model, trace, cluster, per_node, seed, changes)
+    fast = run(CompiledModel, trace, cluster, per_node, seed, changes)
     assert_identical(ref, fast, cluster, holds_in_order=True)
 
 

@@ -34,7 +34,7 @@ from gpusim.traces.format import trace_from_rows
 
 from test_differential import assert_identical
 
-_jitter = jitter_factor.py_func
+_jitter = jitter_factor
 
 
 # -- the loops against the reference's polling loop ---------------------------------------------

@@ -9,6 +9,7 @@ import typer
 
 from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outputs,
                                check_seed_option, out)
+from gpusim.cli.schedule_opts import ConfigChangeOpt, ScheduleOpt, load_changes, print_changes
 from gpusim.errors import InputError
 
 # Only what --help needs is imported here; each command imports its own machinery (pydantic
@@ -53,7 +54,9 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of every random stream, 0 to 2*
 RepsOpt = Annotated[int, typer.Option("--replications", "-r", min=1,
                                       help="Independent seeded replications (95% intervals)")]
 EngineOpt = Annotated[str, typer.Option(
-    help="fast (compiled) or reference (SimPy, poll by poll: the specification)")]
+    help="auto (fast, but a run of at most 20,000 poll steps on reference: same records, "
+         "no numba start-up), fast (compiled) or reference (SimPy, poll by poll: the "
+         "specification)")]
 JobsOpt = Annotated[int, typer.Option(min=1, help="Processes for replications")]
 # no short flag: -o is the output file on every command
 OptionOpt = Annotated[list[str], typer.Option(
@@ -107,13 +110,15 @@ def simulate(
     cluster: ClusterOpt = None,
     seed: SeedOpt = 0,
     replications: RepsOpt = 1,
-    engine: EngineOpt = "fast",
+    engine: EngineOpt = "auto",
     jobs: JobsOpt = 1,
     option: OptionOpt = [],
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", "-o", help="Write the result JSON", show_default="not written")] = None,
     records: Annotated[Optional[Path], typer.Option(
         help="Write per-task records (JSONL)", show_default="not written")] = None,
+    config_change: ConfigChangeOpt = [],
+    schedule: ScheduleOpt = None,
 ) -> None:
     """Replay TRACE under one gpu_lock config and report waits, timeouts, safety, Redis load."""
     from gpusim.config import load_lock_settings
@@ -126,8 +131,9 @@ def simulate(
         tr = load_trace(trace)
         settings = load_lock_settings(config)
         cl = _cluster(cluster, option)
+        changes = load_changes(config_change, schedule)
         res = run(tr, settings, cl, seed=seed, replications=replications, engine=engine,
-                  jobs=jobs)
+                  jobs=jobs, changes=changes)
         # results first: a closed stdout (`| head`) or a Ctrl-C while printing loses nothing
         if json_out is not None:
             atomic_write_text(json_out, res.dumps())
@@ -137,6 +143,7 @@ def simulate(
     except InputError as e:
         raise bad_input(e) from None
     print_result(res, f"{trace} under {config}")
+    print_changes(res)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -149,11 +156,16 @@ def compare(
         help="Thresholds YAML", show_default="the spec's GPU_LOCK_CONFIG_001")] = None,
     seed: SeedOpt = 0,
     replications: RepsOpt = 3,
-    engine: EngineOpt = "fast",
+    engine: EngineOpt = "auto",
     jobs: JobsOpt = 1,
     option: OptionOpt = [],
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", "-o", help="Write the comparison JSON", show_default="not written")] = None,
+    config_change: ConfigChangeOpt = [],
+    schedule: ScheduleOpt = None,
+    changes_on: Annotated[str, typer.Option(
+        help="Which run the config changes apply to: candidate (the run under test; the "
+             "baseline stays today's config) or both")] = "candidate",
 ) -> None:
     """Replay TRACE under both configs (common random numbers) and apply the spec's gates.
 
@@ -174,8 +186,13 @@ def compare(
         cand_s = load_lock_settings(candidate)
         th = load_thresholds(thresholds)
         cl = _cluster(cluster, option)
+        if changes_on not in ("candidate", "both"):
+            raise InputError(f"must be candidate or both, got {changes_on!r}",
+                             field="--changes-on")
+        changes = load_changes(config_change, schedule)
         cmp_ = run(tr, base_s, cand_s, cl, th, seed=seed, replications=replications,
-                   engine=engine, jobs=jobs)
+                   engine=engine, jobs=jobs, changes=changes,
+                   baseline_changes=changes if changes_on == "both" else ())
         if json_out is not None:
             atomic_write_text(json_out, cmp_.dumps())
     except InputError as e:
@@ -210,6 +227,10 @@ def _mount_subcommands() -> None:
     register(app)
     from gpusim.cli.tune import register as register_advisor
     register_advisor(app)
+    from gpusim.cli.rollout import register as register_rollout
+    register_rollout(app)
+    from gpusim.cli.canary import canary_app
+    app.add_typer(canary_app, name="canary", help="Plan and judge a staged canary rollout.")
 
 
 _mount_subcommands()

@@ -1,33 +1,71 @@
 """Engines: interchangeable implementations of one model, held to the reference by tests.
 
 An engine is a class built as ``Engine(trace, cluster, settings_per_node, seed=,
-replication=, time_scale=)`` whose ``run()`` returns a `gpusim.records.RunLog`. Two exist:
+replication=, time_scale=, changes=)`` whose ``run()`` returns a `gpusim.records.RunLog`
+(``changes``: config changes during the trace, gpusim.schedule; each task reads the config in
+force on its node when it starts acquiring, `gpusim.model.params.ConfigTimeline`). Two exist:
 ``reference`` (the SimPy model, the executable specification) and ``fast`` (the same model
 compiled with numba, the default); tests/test_differential.py holds them to identical output.
+A third name, ``auto`` (the command line's default), picks one of the two per run.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from gpusim.errors import InputError
 
 if TYPE_CHECKING:
     from gpusim.cluster import Cluster
-    from gpusim.config import LockSettings
+    from gpusim.config import GpuLockConfig, LockSettings
     from gpusim.records import RunLog
+    from gpusim.schedule import ConfigChange
     from gpusim.traces.format import Trace
 
-ENGINES = ("fast", "reference")
+ENGINES = ("fast", "reference", "auto")
 
 
 class Engine(Protocol):
     engine_name: str
 
     def __init__(self, trace: "Trace", cluster: "Cluster", settings: "list[LockSettings]", *,
-                 seed: int, replication: int = 0, time_scale: float = 1.0) -> None: ...
+                 seed: int, replication: int = 0, time_scale: float = 1.0,
+                 changes: "Sequence[ConfigChange]" = ()) -> None: ...
 
     def run(self) -> "RunLog": ...
+
+
+#: Poll steps below which "fast" runs the reference engine (see `engine_for_run`).
+SMALL_RUN_POLLS = 20_000
+
+
+def engine_for_run(engine: str, n_tasks: int, configs: "Sequence[GpuLockConfig]",
+                   longest_wait_s: float = 0.0) -> str:
+    """The engine that runs: "auto" is "fast", except that it hands a small run to the
+    reference engine (the command line's default: a small run answers without loading numba).
+
+    Both write the same records to the bit (tests/test_differential.py), so this changes no
+    output, only the time to it: the compiled engine first loads numba and its machine code
+    (about 1.5 s on a 2-core machine), while the reference steps a few thousand polls in a
+    fraction of that. The bound counts the most polls a task can make (its whole max wait at
+    the shortest poll interval, plus one event-driven wake-up per fallback period) in the worst
+    case, so a run only goes to the reference when it is small whatever happens in it.
+    """
+    if engine != "auto":
+        return engine
+    if not configs:
+        return "fast"
+    polls = max(max(c.max_wait_time, longest_wait_s) * (1.0 / c.poll_interval
+                                                         + 1.0 / c.fallback_timeout) + 2.0
+                for c in configs)
+    return "reference" if n_tasks * polls <= SMALL_RUN_POLLS else "fast"
+
+
+def check_engine(engine: str) -> None:
+    """An unknown engine name is bad input (checked without importing the engine)."""
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine '{engine}' (choose {', '.join(ENGINES)})",
+                         field="engine")
 
 
 def engine_class(engine: str) -> type[Engine]:
@@ -35,7 +73,7 @@ def engine_class(engine: str) -> type[Engine]:
     if engine == "reference":
         from gpusim.model.reference import Model
         return Model
-    if engine == "fast":
+    if engine in ("fast", "auto"):  # auto's choice is made per run (engine_for_run)
         from gpusim.engines.compiled import CompiledModel
         return CompiledModel
     raise InputError(f"unknown engine '{engine}' (choose {', '.join(ENGINES)})",

@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numba
 import numpy as np
@@ -40,13 +40,18 @@ from numba import njit
 from gpusim.cluster import COMMANDS, Cluster
 from gpusim.config import LockSettings
 from gpusim.model.params import (PRIO_TASK0, LockParams, MonitorParams, check_one_per_node,
-                                 max_wait_by_type)
+                                 config_timeline, max_wait_by_type)
 from gpusim.records import (HOLD_REASONS, LOST_REASONS, MECHANISMS, OUTCOMES, RELEASES, HoldEnd,
                             HoldTable, LostReason, Mechanism, Outcome, Release, RunLog, TaskTable)
 from gpusim.protocol import BACKOFF_FACTOR, lock_key
-from gpusim.rng import jitter_factor, stream_key, task_state, uniform
-from gpusim.timebins import MINUTE_S, minute_of
+from gpusim.engines.jit_rng import jitter_factor, minute_of, task_state, uniform
+from gpusim.engines.numba_start import load_numpy_support
+from gpusim.rng import stream_key
+from gpusim.schedule import ConfigChange
+from gpusim.timebins import MINUTE_S
 from gpusim.traces.format import Trace
+
+load_numpy_support()
 
 C_GET, C_SET, C_EVAL, C_DEL, C_PUBLISH, C_SUBSCRIBE, C_UNSUBSCRIBE, C_TTL, C_EXISTS = range(9)
 assert COMMANDS == ("GET", "SET", "EVAL", "DEL", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "TTL",
@@ -459,11 +464,13 @@ def _failed_probe_polls(c, start, mw, h, hz, nk, backoff, poll, maxpoll, cur, js
 def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
               n_nodes, node_gpus, keymap, n_keys, key_order,
               p_poll, p_maxwait, p_ttl, p_backoff, p_maxpoll, p_event, p_fallback,
-              workers, policy, h, sub_delay, wake_jitter, jkey, dkey,
+              tl_t, tl_row, tl_end, workers, policy, h, sub_delay, wake_jitter, jkey, dkey,
               emergency, monitor, m_interval, m_soft, m_hard, m_hb, stop):
     """The whole run; `stop` (int64[1]) nonzero makes it return early with partial state
     (within STOP_CHECK_EVERY events), which the caller must discard. `t_maxwait[i]` is task i's
-    max wait when its type has one (option max_wait_time_by_type), else NaN: its node's."""
+    max wait when its type has one (option max_wait_time_by_type), else NaN: its node's.
+    The p_* arrays are config rows; node nd's row from time tl_t[q] on is tl_row[q], q from
+    tl_pos[nd] (initially nd's first entry, time -inf) below tl_end[nd] (config changes)."""
     n = arr.shape[0]
     maxk = keymap.shape[1] if policy == 2 else 1
     # ---- per-task state and results
@@ -509,6 +516,10 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
     ksel_ = np.full(n, -1, np.int64)
     kgpu_ = np.full(n, -1, np.int64)      # the GPU whose key it polls; -1: probe_all
     mw_ = np.zeros(n)                      # its max wait (node's, or its type's override)
+    cfg_ = np.full(n, -1, np.int64)        # its config row, read when it starts acquiring
+    tl_pos = np.empty(n_nodes, np.int64)   # each node's row in force: time only moves on
+    for nd in range(n_nodes):
+        tl_pos[nd] = 0 if nd == 0 else tl_end[nd - 1]
     hzs = np.empty(maxk)                   # scratch: the change horizon of each key it probes
     # ---- keys: value (owner code, -1 none), holder, set time, expiry; and who may still touch
     kval = np.full(n_keys, -1, np.int64)
@@ -668,7 +679,13 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                 nd = node[i]
                 slot_s[i] = now
                 jstate[i] = task_state(jkey, i)
-                mw_[i] = p_maxwait[nd] if np.isnan(t_maxwait[i]) else t_maxwait[i]
+                q = tl_pos[nd]  # the config in force on its node now (a change at now applies)
+                while q + 1 < tl_end[nd] and tl_t[q + 1] <= now:
+                    q += 1
+                tl_pos[nd] = q
+                pr = tl_row[q]
+                cfg_[i] = pr
+                mw_[i] = p_maxwait[pr] if np.isnan(t_maxwait[i]) else t_maxwait[i]
                 if policy == 2:
                     nk_[i] = node_gpus[nd]
                     ksel_[i] = -1
@@ -684,7 +701,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     kgpu_[i] = gg
                 start_[i] = now
                 c_[i] = now
-                if p_event[nd]:
+                if p_event[pr]:
                     for m in range(nk_[i]):
                         K = _key_at(keymap, node, ksel_, i, m)
                         sid = i * maxk + m
@@ -694,28 +711,28 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     ctx_[i] = X_EV_FIRST
                     step = Q_TRY_START
                 else:
-                    cur_[i] = p_poll[nd]
+                    cur_[i] = p_poll[pr]
                     kk_[i] = 0
                     ctx_[i] = X_POLL
                     step = Q_POLL_TOP
             elif step == Q_POLL_TOP:
                 if c_[i] - start_[i] < mw_[i]:
                     # the failed polls before the key's change horizon, in one tight loop
-                    nd = node[i]
+                    pr = cfg_[i]
                     if nk_[i] == 1:
                         K = _key_at(keymap, node, ksel_, i, 0)
                         hz1 = _key_horizon(K, now, kval, kexp, thead, tnext, touch_t, mon_next)
                         c_[i], cur_[i], kk_[i], nskip, MC, row = _failed_polls(
-                            c_[i], start_[i], mw_[i], h, hz1, p_backoff[nd], p_poll[nd],
-                            p_maxpoll[nd], cur_[i], jstate[i], kk_[i], MC)
+                            c_[i], start_[i], mw_[i], h, hz1, p_backoff[pr], p_poll[pr],
+                            p_maxpoll[pr], cur_[i], jstate[i], kk_[i], MC)
                     else:
                         for m in range(nk_[i]):
                             K = _key_at(keymap, node, ksel_, i, m)
                             hzs[m] = _key_horizon(K, now, kval, kexp, thead, tnext, touch_t,
                                                   mon_next)
                         c_[i], cur_[i], kk_[i], nskip, MC, row = _failed_probe_polls(
-                            c_[i], start_[i], mw_[i], h, hzs, nk_[i], p_backoff[nd],
-                            p_poll[nd], p_maxpoll[nd], cur_[i], jstate[i], kk_[i], MC)
+                            c_[i], start_[i], mw_[i], h, hzs, nk_[i], p_backoff[pr],
+                            p_poll[pr], p_maxpoll[pr], cur_[i], jstate[i], kk_[i], MC)
                     if nskip > 0:
                         attempts[i] += nskip
                         gets[i] += nskip * nk_[i]
@@ -788,7 +805,6 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     break
             elif step == P_SET:
                 m = m_[i]
-                nd = node[i]
                 K = _key_at(keymap, node, ksel_, i, m)
                 s_t = g_[i]
                 sets[i] += 1
@@ -802,7 +818,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     kval[K] = owner_of[i]
                     kholder[K] = i
                     kset[K] = s_t
-                    kexp[K] = s_t + p_ttl[nd]
+                    kexp[K] = s_t + p_ttl[cfg_[i]]  # its own lock_timeout
                     if not crashed[i]:  # it will send EVAL at (end of GPU work) + h
                         touch_t[i] = (c + dur[i]) + h
                         tin[i] = True
@@ -837,13 +853,13 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     step = Q_EV_END
             elif step == Q_TRY_FAIL:
                 x = ctx_[i]
-                nd = node[i]
+                pr = cfg_[i]
                 if x == X_POLL or x == X_EV_POLL:
-                    if p_backoff[nd]:
-                        cur_[i] = min(cur_[i] * BACKOFF_FACTOR, p_maxpoll[nd])
+                    if p_backoff[pr]:
+                        cur_[i] = min(cur_[i] * BACKOFF_FACTOR, p_maxpoll[pr])
                         sleep = cur_[i] * jitter_factor(uniform(jstate[i], kk_[i]))
                     else:
-                        sleep = p_poll[nd]
+                        sleep = p_poll[pr]
                     kk_[i] += 1
                     c_[i] = c_[i] + sleep
                     step = Q_POLL_TOP
@@ -856,10 +872,9 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     flag[i] = False
                     step = Q_EV_LOOP
             elif step == Q_EV_LOOP:
-                nd = node[i]
                 c = c_[i]
                 if c - start_[i] < mw_[i]:
-                    w = min(mw_[i] - (c - start_[i]), p_fallback[nd])
+                    w = min(mw_[i] - (c - start_[i]), p_fallback[cfg_[i]])
                     waitv_[i] = w
                     if not flag[i]:
                         wait_gen[i] += 1
@@ -887,7 +902,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                     step = Q_TRY_START
             elif step == Q_FALLBACK:
                 fell_back[i] = True
-                cur_[i] = p_poll[node[i]]
+                cur_[i] = p_poll[cfg_[i]]
                 kk_[i] = 0
                 ctx_[i] = X_EV_POLL
                 step = Q_POLL_TOP
@@ -1067,7 +1082,7 @@ def _simulate(arr, dur, crashed, svc, allowed, pin_gpu, owner_of, t_maxwait,
                               (L_RELEASED_BY_OTHER if r == H_RELEASED else L_DELETED))
     return (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts,
             gets, sets, wakeups, fell_back, missed, release, deleted_other, lost_s,
-            lost_reason, kgpu_, commands, cstats, deliveries, MC[:max_minute + 1],
+            lost_reason, kgpu_, cfg_, commands, cstats, deliveries, MC[:max_minute + 1],
             MD[:max_minute + 1, 0].copy(), HL[:hn].copy(), horizon, n_events)
 
 
@@ -1077,10 +1092,12 @@ class CompiledModel:
     engine_name = "fast"
 
     def __init__(self, trace: Trace, cluster: Cluster, settings: list[LockSettings], *,
-                 seed: int, replication: int = 0, time_scale: float = 1.0):
+                 seed: int, replication: int = 0, time_scale: float = 1.0,
+                 changes: Sequence[ConfigChange] = ()):
         check_one_per_node(cluster, settings)
         self.trace, self.cluster, self.settings = trace, cluster, settings
         self.seed, self.replication, self.time_scale = seed, replication, float(time_scale)
+        self.timeline = config_timeline(cluster, settings, changes, self.time_scale)
         self.events_processed = 0  # events the last run() took off its queue
 
     def _inputs(self) -> tuple[Any, ...]:
@@ -1114,7 +1131,7 @@ class CompiledModel:
                 keymap[nd.index, g] = names.setdefault(name, len(names))
         key_names = sorted(names, key=names.__getitem__)
         key_order = np.array([names[k] for k in sorted(names)], np.int64)
-        params = [LockParams.from_config(s.gpu_lock, f) for s in self.settings]
+        params = [LockParams.from_config(s.gpu_lock, f) for s in self.timeline.settings]
         by_type = max_wait_by_type(cluster, f)
         t_maxwait = np.array([by_type.get(t, np.nan) for t in types] + [np.nan])[ttype]
         mon = MonitorParams.from_settings(self.settings[0], f)
@@ -1128,7 +1145,7 @@ class CompiledModel:
                 np.array([p.backoff for p in params], np.bool_),
                 np.array([p.max_poll for p in params]),
                 np.array([p.event_driven for p in params], np.bool_),
-                np.array([p.fallback for p in params]),
+                np.array([p.fallback for p in params]), *self._timeline_arrays(),
                 workers, POLICIES[cluster.gpu_policy], r.rtt_s / 2.0,
                 r.client_subscribe_delay_s, r.pubsub_wakeup_jitter_s,
                 np.uint64(stream_key(self.seed, self.replication, "jitter")),
@@ -1137,11 +1154,18 @@ class CompiledModel:
                 mon.interval, mon.soft, mon.hard, mon.heartbeat_timeout)
         return args, ttype, arr, types, key_names
 
+    def _timeline_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every node's (time, config row) entries, flat in node order, and where each ends."""
+        tl = self.timeline
+        tl_t = np.array([t for times in tl.times for t in times], np.float64)
+        tl_row = np.array([r for rows in tl.rows for r in rows], np.int64)
+        return tl_t, tl_row, np.cumsum([len(rows) for rows in tl.rows]).astype(np.int64)
+
     def run(self) -> RunLog:
         args, ttype, arr, types, key_names = self._inputs()
         (node, gpu, slot_s, outcome, mech, acquired_s, gpu_end, end_s, wait_s, attempts, gets,
          sets, wakeups, fell_back, missed, release, deleted_other, lost_s, lost_reason,
-         wait_gpu, commands, cstats, deliveries, mc, md, holds, horizon,
+         wait_gpu, cfg_row, commands, cstats, deliveries, mc, md, holds, horizon,
          n_events) = run_interruptibly(args)
         self.events_processed = int(n_events)
         n = len(arr)
@@ -1152,6 +1176,7 @@ class CompiledModel:
                 "arrival_s": arr, "slot_s": slot_s, "acquired_s": acquired_s,
                 "gpu_end_s": gpu_end, "end_s": end_s, "wait_s": wait_s, "lost_lock_s": lost_s,
                 "fell_back": fell_back, "deleted_other": deleted_other, "wait_gpu": wait_gpu,
+                "config_index": np.array(self.timeline.index, np.int64)[cfg_row],
                 "held_wait_s": np.full(n, np.nan), "free_wait_s": np.full(n, np.nan)}
         cluster = self.cluster
         table = TaskTable(cols, _TaskIds(self.trace), types, [nd.name for nd in cluster.nodes])

@@ -23,18 +23,20 @@ if TYPE_CHECKING:
 _shared: dict = {}
 
 
-def _init(trace: "Trace", cluster: "Cluster", settings: "LockSettings") -> None:
+def _init(trace: "Trace", cluster: "Cluster", settings: "LockSettings",
+          changes: tuple = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C for the group
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked at fork
-    _shared.update(trace=trace, cluster=cluster, settings=settings)
+    _shared.update(trace=trace, cluster=cluster, settings=settings, changes=changes)
 
 
 def _one(args: tuple[int, int, str, float]) -> "ReplicationResult":
     from gpusim.engines.replication import run_replication
     seed, rep, engine, time_scale = args
     return run_replication(_shared["trace"], _shared["cluster"], _shared["settings"],
-                           seed=seed, replication=rep, engine=engine, time_scale=time_scale)
+                           seed=seed, replication=rep, engine=engine, time_scale=time_scale,
+                           changes=_shared["changes"])
 
 
 @contextmanager
@@ -62,11 +64,11 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 def run_parallel(trace: "Trace", cluster: "Cluster", settings: "LockSettings", seed: int,
                  replications: int, engine: str, time_scale: float,
-                 jobs: int) -> list["ReplicationResult"]:
+                 jobs: int, changes: tuple = ()) -> list["ReplicationResult"]:
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     pool = ProcessPoolExecutor(max_workers=min(jobs, replications),
                                mp_context=mp.get_context(method), initializer=_init,
-                               initargs=(trace, cluster, settings))
+                               initargs=(trace, cluster, settings, tuple(changes)))
     futures: list[Future] = []
     try:
         with _sigint_held():  # fork starts every worker at the first submit

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from gpusim.cluster import Cluster
 from gpusim.config import LockSettings
@@ -11,6 +11,7 @@ from gpusim.engines import engine_class
 from gpusim.headroom import with_headroom
 from gpusim.metrics import by_task_type, run_metrics
 from gpusim.records import RunLog, TaskRecord
+from gpusim.schedule import ConfigChange
 from gpusim.traces.format import Trace
 
 
@@ -32,10 +33,11 @@ def node_settings(cluster: Cluster, settings: LockSettings) -> list[LockSettings
 
 def run_replication(trace: Trace, cluster: Cluster, settings: LockSettings, *, seed: int,
                     replication: int, engine: str = "reference",
-                    time_scale: float = 1.0) -> ReplicationResult:
+                    time_scale: float = 1.0,
+                    changes: Sequence[ConfigChange] = ()) -> ReplicationResult:
     model_cls = engine_class(engine)
     model = model_cls(trace, cluster, node_settings(cluster, settings), seed=seed,
-                      replication=replication, time_scale=time_scale)
+                      replication=replication, time_scale=time_scale, changes=changes)
     # records as columns (the reference writes objects), every lock wait split into its held
     # and free time (gpusim.headroom), computed once for both metric calls
     log = with_headroom(model.run(), cluster)

@@ -17,8 +17,7 @@ from gpusim.cluster import COMMANDS
 from gpusim.records import HoldEnd, KeyHold
 from gpusim.timebins import MINUTE_S, minute_of
 
-# the same function the compiled engine inlines, run as Python: no numba call per command
-_minute_of = minute_of.py_func
+_minute_of = minute_of  # the Python twin of what the compiled engine inlines
 
 CMD_INDEX = {c: i for i, c in enumerate(COMMANDS)}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass
 from heapq import heappush
-from typing import Any, Generator
+from typing import Any, Generator, Sequence
 
 import simpy
 from simpy.events import Event
@@ -31,14 +31,14 @@ from gpusim.protocol import BACKOFF_FACTOR, channel_for, lock_key, owner_value
 from gpusim.records import (HoldEnd, KeyHold, LostReason, Mechanism, Outcome, Release, RunLog,
                             TaskRecord)
 from gpusim.model.params import (PRIO_TASK0, LockParams, MonitorParams, check_one_per_node,
-                                 max_wait_by_type)
+                                 config_timeline, max_wait_by_type)
+from gpusim.schedule import ConfigChange
 from gpusim.model.redis import RedisServerModel, Subscription
 from gpusim.rng import jitter_factor, stream_key, stream_state, uniform
 from gpusim.model.slots import make_pools
 from gpusim.traces.format import Task, Trace
 
-# float arithmetic needs no compiled call; the draw itself (uniform) is the compiled SplitMix64
-_jitter_factor = jitter_factor.py_func
+_jitter_factor = jitter_factor
 
 
 class Env(simpy.Environment):
@@ -69,6 +69,7 @@ class TaskRun:
     node: int = -1
     service: str = ""
     params: LockParams | None = None
+    config_index: int = 0  # which config it read when it started acquiring (0: the initial)
     max_wait: float = float("nan")  # its node's max_wait, or its type's override
     wait_gpu: int | None = None     # the GPU whose key it polls (None: probe_all, every key)
     owner: str = ""
@@ -104,7 +105,8 @@ class Model:
     engine_name = "reference"
 
     def __init__(self, trace: Trace, cluster: Cluster, settings: list[LockSettings], *,
-                 seed: int, replication: int = 0, time_scale: float = 1.0):
+                 seed: int, replication: int = 0, time_scale: float = 1.0,
+                 changes: Sequence[ConfigChange] = ()):
         check_one_per_node(cluster, settings)
         self.trace = trace
         self.cluster = cluster
@@ -113,7 +115,10 @@ class Model:
         self.h = cluster.redis.rtt_s / 2.0
         self.subscribe_delay = cluster.redis.client_subscribe_delay_s
         self.wake_jitter = cluster.redis.pubsub_wakeup_jitter_s
-        self.params = [LockParams.from_config(s.gpu_lock, time_scale) for s in settings]
+        # one row per node's initial settings, then one per config change
+        self.timeline = config_timeline(cluster, settings, changes, time_scale)
+        self.params = [LockParams.from_config(s.gpu_lock, time_scale)
+                       for s in self.timeline.settings]
         self.monitor_params = [MonitorParams.from_settings(s, time_scale) for s in settings]
         self.max_wait_by_type = max_wait_by_type(cluster, time_scale)
         self.opts = cluster.options
@@ -195,7 +200,10 @@ class Model:
             run.waiting = None
         run.node = node
         run.slot_s = env.now
-        run.params = p = self.params[node]
+        # it starts acquiring now and reads the config in force on its node (GPU_LOCK_CONFIG_003)
+        row = self.timeline.row_at(node, env.now)
+        run.params = p = self.params[row]
+        run.config_index = self.timeline.index[row]
         run.max_wait = self.max_wait_by_type.get(task.task_type, p.max_wait)
         run.owner = (owner_value(task.task_type, task.index) if self.opts.unique_owner_token
                      else self.type_owner.setdefault(task.task_type,
@@ -456,7 +464,7 @@ class Model:
                 sets=run.sets, event_wakeups=run.event_wakeups, fell_back=run.fell_back,
                 missed_wakeups=run.missed_wakeups, release=run.release,
                 deleted_other=run.deleted_other, lost_lock_s=lost_s, lost_reason=lost_reason,
-                wait_gpu=run.wait_gpu))
+                wait_gpu=run.wait_gpu, config_index=run.config_index))
         from gpusim.cluster import COMMANDS
         minute_cmds, minute_dels = srv.minute_arrays(horizon)
         gpus = tuple((n.name, g) for n in self.cluster.nodes for g in range(n.gpus))

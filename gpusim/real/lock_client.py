@@ -131,7 +131,8 @@ class LockClient:
                  uniform_at: Callable[[int], float] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 swallow_errors: bool = False, socket_timeout: float | None = 30.0):
+                 swallow_errors: bool = False, socket_timeout: float | None = 30.0,
+                 pubsub: bool | None = None):
         if isinstance(url_or_client, redis.Redis):
             pool_kwargs = dict(url_or_client.connection_pool.connection_kwargs)
             self._redis = redis.Redis(single_connection_client=True, protocol=2,
@@ -156,8 +157,14 @@ class LockClient:
         self.swallow_errors = swallow_errors
         self.commands: Counter[str] = Counter()
         self.get_rtts: list[float] = []  # client round trip of each acquire-loop GET (s)
+        # YiVideo's lock log lines (gpusim.real.yivideo_log.YiVideoLockLog), off when None
+        self.log = None
+        self._poll_tries = 0  # tries of the current polling phase (YiVideo's 重试次数)
+        self._log_task = ""
         self._sub: redis.connection.Connection | None = None
-        if params.use_event_driven:
+        # pubsub=True opens the Pub/Sub connection whatever `params` say: a worker whose config
+        # may change to event-driven later (gpusim.schedule) sets `params` per task
+        if params.use_event_driven if pubsub is None else pubsub:
             self._sub = self._redis.connection_pool.make_connection()
             self._sub.connect()
 
@@ -212,13 +219,33 @@ class LockClient:
         value = self.owner_value(task_type, token)
         start = self.clock() if start is None else start
         res = AcquireResult(False, start, start, 0, 0, None)
+        self._poll_tries, self._log_task = 0, task_type
+        if self.log is not None:
+            self.log.acquiring(task_type, key, self.params.use_event_driven,
+                               self.params.max_wait_time)
         if self.params.use_event_driven and self._sub is not None:
             self._acquire_event(key, value, res)
         else:
             self._acquire_polling(key, value, res)
         if not res.acquired:
             res.end = self.clock()
+        if self.log is not None:
+            self._log_outcome(task_type, key, res)
         return res
+
+    def _log_outcome(self, task: str, key: str, res: AcquireResult) -> None:
+        """YiVideo's acquisition or timeout lines (gpusim.real.yivideo_log)."""
+        log = self.log
+        if res.mechanism == "immediate":
+            log.got_immediately(task, key)
+        elif res.mechanism == "event":
+            log.got_by_event(task, key, res.wait)
+        elif res.mechanism == "polling":
+            log.got_by_polling(task, key, res.wait, self._poll_tries)
+        else:
+            log.polling_timeout(task, key, res.wait, self._poll_tries)
+            if self.params.use_event_driven and self._sub is not None:
+                log.event_timeout(task, key, res.wait)
 
     def _try(self, key: str, value: str, res: AcquireResult) -> bool:
         res.attempts += 1
@@ -234,9 +261,13 @@ class LockClient:
         cur = p.poll_interval
         k = 0
         while self.clock() - res.start < p.max_wait_time:
+            self._poll_tries += 1
             if self._try(key, value, res):
                 res.mechanism = "polling"
                 return True
+            if self.log is not None and self._poll_tries % 10 == 0:
+                self.log.still_waiting(self._log_task, self.clock() - res.start,
+                                       self._poll_tries)
             if p.exponential_backoff:
                 cur = min(cur * BACKOFF_FACTOR, p.max_poll_interval)
                 u = self._uniform_at(k) if self._uniform_at is not None else self._uniform()
@@ -330,14 +361,20 @@ class LockClient:
         value = self.owner_value(task_type, token)
         self.commands["EVAL"] += 1
         if self._redis.eval(RELEASE_SCRIPT, 1, key, value) == 1:
+            if self.log is not None:
+                self.log.released(task_type, key, reason)
             event = {"event_type": "lock_released", "lock_key": key, "task_name": task_type,
                      "release_reason": reason, "timestamp": time.time()}
             self.commands["PUBLISH"] += 1
             self._redis.publish(channel_for(key), json.dumps(event))
             return "released"
         self.commands["GET"] += 1
-        self._redis.get(key)  # YiVideo logs the current value
+        current = self._redis.get(key)  # YiVideo logs the current value
+        if self.log is not None:
+            self.log.not_owner(task_type, key, current.decode() if current else None)
         if self.emergency_delete:
+            if self.log is not None:
+                self.log.emergency(key)
             self.commands["DEL"] += 1
             self._redis.delete(key)
             return "emergency_deleted"

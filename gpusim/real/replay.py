@@ -263,7 +263,8 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
              unique_owner_token: bool | None = None, emergency_delete: bool | None = None,
              partial_path: str | Path | None = None, key_prefix: str | None = None,
              idle_window_s: float | None = None, reference: Any = None,
-             progress: Callable[[str], None] | None = None) -> RealResult:
+             progress: Callable[[str], None] | None = None,
+             yivideo_log: str | Path | None = None, changes: Sequence[Any] = ()) -> RealResult:
     """Replay ``trace`` ``runs`` times against a real Redis; see the module docstring.
 
     ``redis_url`` None starts a private redis-server for the duration. Run r feeds each task the
@@ -274,6 +275,10 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
     ``reference``: a `gpusim.real.calibrate.ReferenceLoad` on a second Redis of the same host, run
     during every measured window (the CPU control; recorded in ``RealRun.reference``).
     ``idle_window_s`` None: 1% of the replay's length, clipped to [0.5, 2] s.
+    ``yivideo_log``: a file the lock clients write YiVideo's lock log lines to (all runs;
+    gpusim.real.yivideo_log), for `gpusim trace import-yivideo-logs`.
+    ``changes``: config changes during the trace (gpusim.schedule, trace seconds): each worker
+    reads the config in force on its node when it starts acquiring (gpusim.real.config_timeline).
     """
     from gpusim.cluster import default_cluster
 
@@ -287,6 +292,10 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
     uot = cluster.options.unique_owner_token if unique_owner_token is None else unique_owner_token
     emd = cluster.options.emergency_delete if emergency_delete is None else emergency_delete
     plan = _plan(trace, cluster, settings, time_scale)
+    if changes:
+        from gpusim.real.config_timeline import node_timelines
+        from gpusim.simulation import as_settings, check_changes
+        changes = check_changes(changes, cluster, as_settings(lock_config))
     hold_fn = _cuda_hold_factory() if hold == "cuda" else None
     if idle_window_s is None:
         span = max(a + d for *_, a, d in plan)
@@ -301,12 +310,21 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
               "gpu_lock": settings.model_dump(), "time_scale": time_scale, "runs": runs,
               "hold": hold, "seed": seed, "unique_owner_token": uot, "emergency_delete": emd,
               "redis": "private redis-server" if owned else redis_url, "key_prefix": prefix}
+    if changes:
+        from gpusim.schedule import describe
+        inputs["config_changes"] = describe(changes)
     opts = dict(prefix=prefix, shared=cluster.options.shared_keys_across_nodes, uot=uot,
                 emd=emd, seed=seed, hold_fn=hold_fn, idle_window_s=idle_window_s,
-                reference=reference)
+                reference=reference,
+                timelines=node_timelines(cluster, settings, changes, time_scale) if changes
+                else None)
     try:
         ctl, inputs["redis_version"] = _control_client(redis_url)
-        return _runs(plan, redis_url, ctl, runs, inputs, opts, owned, partial_path, progress)
+        if yivideo_log is None:
+            return _runs(plan, redis_url, ctl, runs, inputs, opts, owned, partial_path, progress)
+        from gpusim.real.yivideo_log import YiVideoLockLog
+        with YiVideoLockLog(yivideo_log) as opts["log"]:
+            return _runs(plan, redis_url, ctl, runs, inputs, opts, owned, partial_path, progress)
     finally:
         if owned is not None:
             owned.stop()
@@ -375,8 +393,11 @@ class _OneRun:
 
     def __init__(self, r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str,
                  shared: bool, uot: bool, emd: bool, seed: int, hold_fn: Any,
-                 idle_window_s: float, reference: Any = None, server_pid: int | None = None):
+                 idle_window_s: float, reference: Any = None, server_pid: int | None = None,
+                 log: Any = None, timelines: Any = None):
         self.r, self.plan, self.url, self.ctl = r, plan, url, ctl
+        self.timelines = timelines  # per node name: config changes (config_timeline), or None
+        self.log = log  # YiVideo's lock log lines (gpusim.real.yivideo_log), or None
         self.shared, self.uot, self.emd, self.seed = shared, uot, emd, seed
         self.hold_fn, self.idle_window_s = hold_fn, idle_window_s
         self.reference, self.server_pid = reference, server_pid
@@ -406,12 +427,13 @@ class _OneRun:
 
         jkey = stream_key(self.seed, self.r, "jitter")
         try:
-            for task, _node, _gpu, params, _arr, _dur in self.plan:
+            for task, node, _gpu, params, _arr, _dur in self.plan:
                 st = stream_state(jkey, task.index)
+                tl = self.timelines[node] if self.timelines else None
                 self.clients.append(LockClient(
                     self.url, params, unique_owner_token=self.uot, emergency_delete=self.emd,
                     uniform_at=lambda k, st=st: uniform(st, k), clock=self.clock,
-                    sleep=self.sleeper.sleep))
+                    sleep=self.sleeper.sleep, pubsub=tl.any_event_driven if tl else None))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             for c in self.clients:
                 c.close()
@@ -465,8 +487,19 @@ class _OneRun:
         due = t0 + arrival
         try:
             self.sleeper.until(due)
+            config_index = 0
+            if self.timelines:  # it reads the config in force now (YiVideo: per call)
+                params, config_index = self.timelines[node].at(clock() - t0)
+                client.params = params
+            if self.log is not None:  # the gpu_lock decorator's line, before start_time
+                client.log = self.log
+                self.log.begin(task.task_type, key, params.use_event_driven,
+                               params.max_wait_time)
             start = clock()
             res = client.acquire(key, task.task_type, token=str(task.index), start=start)
+            if self.log is not None:
+                (self.log.executing(task.task_type) if res.acquired
+                 else self.log.gave_up(task.task_type, key))
             if res.acquired:
                 outcome = "crashed" if task.crashed else "acquired"
                 gpu_end, release = self._hold_and_release(task, client, key, res.end + duration)
@@ -474,7 +507,7 @@ class _OneRun:
             else:
                 outcome, gpu_end, release, end = "timeout", None, None, res.end
             rec = self._record(task, node, gpu, res, t0, due, start, outcome, gpu_end, release,
-                               end)
+                               end, config_index)
             with self.lock:
                 self.records[i] = rec
                 self.start_late.append(start - due)
@@ -495,13 +528,16 @@ class _OneRun:
             self.hold_over.append(gpu_end - until)
         release = None
         if not task.crashed:
+            if self.log is not None:
+                self.log.executed(task.task_type)
             rel = client.release(key, task.task_type, token=str(task.index))
             release = "owner" if rel == "released" else "not_owner"
         return gpu_end, release
 
     @staticmethod
     def _record(task: Any, node: str, gpu: int, res: Any, t0: float, due: float, start: float,
-                outcome: str, gpu_end: float | None, release: str | None, end: float) -> Any:
+                outcome: str, gpu_end: float | None, release: str | None, end: float,
+                config_index: int = 0) -> Any:
         from gpusim.records import TaskRecord
 
         return TaskRecord(
@@ -512,7 +548,8 @@ class _OneRun:
             gpu_end_s=(gpu_end - t0) if gpu_end is not None else None, end_s=end - t0,
             wait_s=res.wait, attempts=res.attempts, gets=res.attempts, sets=res.sets,
             event_wakeups=res.messages, fell_back=res.fell_back, missed_wakeups=0,
-            release=release, deleted_other=False, lost_lock_s=None, lost_reason=None)
+            release=release, deleted_other=False, lost_lock_s=None, lost_reason=None,
+            config_index=config_index)
 
     # -- after -------------------------------------------------------------------------------
     def _idle_after(self, s: dict[str, Any], t0: float, t_end: float, ref_cmds: int
