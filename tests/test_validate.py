@@ -106,11 +106,11 @@ def test_comparison_verdict_fail_beats_inconclusive_beats_pass():
     wide = row("b", "INCONCLUSIVE", -0.3, 0.3)
     inc = Comparison([row("a", "PASS"), wide, info], {}, 2, 10)
     assert inc.verdict == "INCONCLUSIVE" and not inc.passed and inc.too_wide() == [wide]
-    # the advice names the row, its width against the guard, and a number of runs
+    # the advice names the row, its error and half-width against the band, and a number of
+    # runs: the interval +-0.30 around 0 must shrink to +-0.05, (0.30 / 0.05)^2 = 36x the data
     text = advice(inc, runs=2, tasks=8)
-    assert "b ±30.0% (tolerance ±5%, judged up to ±15%)" in text
-    # sd = 0.30 sqrt(2) / t(1) = 0.033; t(2) 0.033 / sqrt(3) = 0.082 <= 0.15
-    assert "--runs 3" in text and "8 tasks" in text
+    assert "b +0.0% ±30.0% (tolerance ±5%)" in text
+    assert "--runs 72" in text and "8 tasks" in text
     assert Comparison([row("a", "FAIL"), wide], {}, 2, 10).verdict == "FAIL"
     assert Comparison([info], {}, 2, 10).verdict == "INCONCLUSIVE"  # nothing judged
     missing = MetricRow("c", "c", "rel", None, None, None, None, None, None, None, 0.05, "N/A",
@@ -313,52 +313,53 @@ def _show(cmp_) -> str:
 E2E_TOLERANCES = {"redis_cpu_s": 0.50}
 
 
-def _judged(tr, cfg, **kw):
-    """validate(), judged again on twice the runs (a fresh seed) when the first verdict is
-    INCONCLUSIVE: too little data is not a failure of the model, but it must not pass either,
-    so the test needs a verdict. The chance both are INCONCLUSIVE is about p^2."""
+def _validated(tr, cfg, **kw):
+    """validate(), its table printed (pytest -s shows it)."""
     cmp_, real, sim, cal = validate(tr, cfg, **kw)
-    print(f"\nE2E first verdict {cmp_.verdict}\n{_show(cmp_)}\nE2E wakeups "
+    print(f"\nE2E verdict {cmp_.verdict}\n{_show(cmp_)}\nE2E wakeups "
           f"{[(r.server_wakeups or 0) / sum(r.client_commands.values()) for r in real.runs]}")
-    if cmp_.verdict == "INCONCLUSIVE":
-        kw = {**kw, "runs": 2 * kw["runs"], "seeds": max(kw["seeds"], 2 * kw["runs"]), "seed": 1}
-        cmp_, real, sim, cal = validate(tr, cfg, **kw)
-        print(f"E2E rerun verdict {cmp_.verdict}\n{_show(cmp_)}")
     return cmp_, real, sim, cal
 
 
+def _error(cmp_, name):
+    return next(r.error for r in cmp_.rows if r.name == name)
+
+
+# What these end-to-end tests can ask of a few short runs. The verdict is an equivalence test
+# (PASS only when a whole 95% interval lies inside its band), and 60-80 tasks on one GPU hold
+# only a dozen or two busy periods, so a faithful model is mostly INCONCLUSIVE here: what must
+# never happen is a FAIL, a row whose whole interval lies outside its band. Each test also
+# bounds the point errors of the mean wait and the GET count, which the earlier paired design
+# measured over many repeats on this machine (see each test). The 2-hour 4-GPU reference case,
+# where a verdict is expected, is measured in README ("Validation: what 5 minutes settle").
 @pytest.mark.redis
 @pytest.mark.slow
-def test_validation_passes_polling(redis_server):
+def test_validation_polling_is_not_failed(redis_server):
     """60 tasks on one GPU, ~75% busy, polling with backoff and jitter, a crashed holder whose
-    key only the TTL frees, compressed 40x, eight real runs.
+    key only the TTL frees, compressed 40x, four real runs paired with their simulated twins.
 
-    Real run r replays with simulated replication r's jitter draws, so each pair differs only by
-    real timing (paired comparison); a faithful model must pass every default tolerance but
-    Redis CPU's (E2E_TOLERANCES).
-
-    Measured (`for i in $(seq 10); do pytest ... -k passes_polling; done`, on the shared 2-core
-    machine while other engineers' suites ran for part of the time): with eight runs 10/10
-    passed, the first verdict PASS every time, mean-wait half-width 3.6-9.1% against the 15%
-    guard, errors -6.5% to +1.5%. With five runs, as before, one repeat in three was
-    INCONCLUSIVE (half-width 15.9%). Chance of failing: a first INCONCLUSIVE needs the
-    run-to-run spread at ~1.7x its typical value (chi-square, 7 df: about 1 in 200) and then
-    the judged rerun on 16 runs INCONCLUSIVE too; a FAIL needs a mean-wait error beyond about
-    -13%; well under once in 100 runs.
+    Measured before (10 repeats of eight runs on the shared 2-core machine): mean-wait error
+    -6.5% to +1.5%, every row within its band. Four runs double the variance of the mean
+    (sd about 3.5%), so the 15% bounds below sit about 3.5 sd from the mean error: fails by
+    chance well under once in 100 runs. A FAIL needs an interval wholly outside a band: a right
+    model was FAILed in 3 of 400 sim-against-sim trials on the 4-GPU reference trace
+    (bench/bench_validate.py); this short trace's few busy periods leave its rows mostly at too
+    few effective degrees of freedom to be judged at all, so well under 1 in 100 here.
     """
     tr = _trace(60, 4.0, seed=7, crash_at=10)
     cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60,
                         lock_timeout=20, use_event_driven=False, fallback_timeout=5)
-    cmp_, real, sim, cal = _judged(tr, cfg, redis_url=redis_server.url, time_scale=40, runs=8,
-                                   seeds=8, tolerances=E2E_TOLERANCES)
-    assert cmp_.verdict == "PASS", _show(cmp_)
+    cmp_, real, sim, cal = _validated(tr, cfg, redis_url=redis_server.url, time_scale=40,
+                                      runs=4, seeds=4, tolerances=E2E_TOLERANCES)
+    assert cmp_.verdict != "FAIL", _show(cmp_)
+    assert abs(_error(cmp_, "wait_mean_s")) < 0.15 and abs(_error(cmp_, "GET")) < 0.15, \
+        _show(cmp_)
+    assert cmp_.n_cycles >= 1 and cmp_.n_pairs == 4  # ~75% busy: a handful of busy periods
     # The replay keeps up with this compression: the worst run's p95 sleep overshoot is below
     # the smallest scaled interval (12.5 ms); beyond it the replay would no longer be the trace.
-    # Not tighter: the overshoot measures the machine, not the model (the verdict above judges
-    # its effect). The 10 repeats above measured 0.2-0.6 ms; 2.9 and 7.3 ms while other test
-    # suites (a notebook, the lock-client tests) loaded both cores, the verdict still PASS; the
-    # old 2 ms band failed both of those loaded repeats. Fails by chance only when the machine
-    # is loaded ~2x beyond that: well under once in 100 runs.
+    # Not tighter: the overshoot measures the machine, not the model. Repeats measured 0.2-0.6
+    # ms; 2.9 and 7.3 ms while other test suites loaded both cores. Fails by chance only when
+    # the machine is loaded ~2x beyond that: well under once in 100 runs.
     assert cmp_.lateness["sleep_overshoot_p95_s"] < 0.0125, _show(cmp_)
     assert cmp_.wait_tests["n_queued_real"] > 0 and 0 <= cmp_.wait_tests["ks_queued_pvalue"] <= 1
     assert sum(real.runs[0].commandstats.get(c, 0) for c in ("SUBSCRIBE", "UNSUBSCRIBE")) == 0
@@ -374,37 +375,24 @@ def test_validation_passes_polling(redis_server):
 
 @pytest.mark.redis
 @pytest.mark.slow
-def test_validation_passes_event_driven(redis_server):
+def test_validation_event_driven_is_not_failed(redis_server):
     """80 tasks, ~50% busy, event-driven with a crashed holder (waiters fall back from the event
-    wait to polling until the TTL frees the key), compressed 80x, eight real runs, every default
-    tolerance judged (the mean wait's widened, see below).
+    wait to polling until the TTL frees the key), compressed 80x, four real runs.
 
-    Eight runs rather than five: races after a release make event-driven runs vary more than
-    polling ones, and with five the paired interval of the mean wait was occasionally wider than
-    the 3 x tolerance guard (one INCONCLUSIVE in seven repeats on the 2-core machine).
-    The herd is a random race in the model (pubsub_wakeup_jitter_s); when it was first come,
-    first served, this test measured the pooled p95 wait 13-30% below the real one.
-
-    Measured (13 repeats on the shared 2-core machine, other suites running for part of the
-    time): 11/13 passed as run; the two failures were the Redis CPU row at -36% and -38% under
-    the default 25% band, everything else PASS. With the bands now used (E2E_TOLERANCES, the
-    mean wait's 10% below) all 13 re-judge PASS, and the 7 repeats of this exact test passed
-    7/7; first verdict PASS every time; mean-wait error -11.7% to +1.1%, half-width 4.5-12.2%.
-    Chance of failing: a mean-wait FAIL needs an error below about -19% (seen at worst -12%),
-    a CPU FAIL one below about -55% (seen -38%); a first INCONCLUSIVE needs a half-width over
-    30% and then the judged rerun's too. Under once in 100 runs on this machine.
+    Measured before (13 repeats of eight runs): mean-wait error -11.7% to +1.1% (event wake-ups
+    of the replay come a few ms late on a loaded 2-core machine; the model has no such delay),
+    Redis CPU down to -38%. With four runs the bounds below (mean wait and GET within 25%) sit
+    about 3 sd beyond the worst error seen: under once in 100 runs. The herd after a release
+    is a random race in the model and in the replay alike.
     """
     tr = _trace(80, 6.0, seed=7, crash_at="busy")
     cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60,
                         lock_timeout=20, use_event_driven=True, fallback_timeout=5)
-    # The mean wait's band is 10%, not the default 5%: every event wake-up in the replay is a
-    # thread woken by a socket, which on a loaded 2-core machine comes a few ms late; the mean
-    # wait is ~30 ms of replay (80x), so that is -6% to -12% (measured in loaded repeats,
-    # intervals reaching -1% to +2%), i.e. a default-band FAIL about once in 50. The model has
-    # no such delay. With 10% a FAIL needs an error below about -19%.
-    cmp_, real, sim, cal = _judged(tr, cfg, redis_url=redis_server.url, time_scale=80, runs=8,
-                                   seeds=8, tolerances={**E2E_TOLERANCES, "wait_mean_s": 0.10})
-    assert cmp_.verdict == "PASS", _show(cmp_)
+    cmp_, real, sim, cal = _validated(tr, cfg, redis_url=redis_server.url, time_scale=80,
+                                      runs=4, seeds=4, tolerances=E2E_TOLERANCES)
+    assert cmp_.verdict != "FAIL", _show(cmp_)
+    assert abs(_error(cmp_, "wait_mean_s")) < 0.25 and abs(_error(cmp_, "GET")) < 0.25, \
+        _show(cmp_)
     judged = {r.name for r in cmp_.rows if r.verdict != "INFO"}
     assert {"wait_mean_s", "wait_p95_s", "success_rate", "GET", "SET", "redis_cpu_s"} <= judged
     mechs = {r.mechanism for run in real.runs for r in run.records}
@@ -535,10 +523,10 @@ def test_cli_validate_exit_code_follows_the_verdict(app, tmp_path, monkeypatch, 
     assert line in res.output
     assert json.loads(out.read_text())["verdict"] == {0: "PASS", 1: "FAIL", 3: "INCONCLUSIVE"}[code]
     assert "2 real runs vs 10 simulated seeds, 2 CRN pairs judged" in res.output
-    if code == 3:  # what to do, in numbers: the row, its width vs the guard, and more runs
+    if code == 3:  # what to do, in numbers: the row, its interval vs the band, and more runs
         assert "too little data" in res.output
-        assert "GET ±40.0% (tolerance ±5%, judged up to ±15%)" in res.output
-        assert "--runs 3 " in res.output
+        assert "GET +0.0% ±40.0% (tolerance ±5%)" in res.output
+        assert "--runs 128 " in res.output  # (0.40 / 0.05)^2 = 64 x 2 runs
 
 
 def test_cli_validate_bad_json_path_fails_before_the_run(app, tmp_path, monkeypatch):

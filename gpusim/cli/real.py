@@ -1,10 +1,11 @@
 """`gpusim validate` and `gpusim calibrate-redis`: the commands that talk to a real Redis.
 
 Plain functions with typer annotations; `register(app)` mounts them on the main app.
-Exit codes (gpusim.exitcodes): validate 0 every judged metric PASSes, 1 a metric FAILs (or Redis
-died mid-run: partial results saved), 2 bad input (files, values, the --json path, an
-unreachable Redis URL), 3 INCONCLUSIVE (no FAIL, but an interval too wide to judge: more runs or
-a longer trace), also ``--hold cuda`` skipped for want of CUDA (nothing was judged);
+Exit codes (gpusim.exitcodes): validate 0 every judged metric PASSes (its whole 95% interval
+inside the band), 1 a metric FAILs (wholly outside; or Redis died mid-run: partial results
+saved), 2 bad input (files, values, the --json path, an unreachable Redis URL), 3 INCONCLUSIVE
+(no FAIL, but an interval straddles its band: more runs or a longer trace), also ``--hold cuda``
+skipped for want of CUDA (nothing was judged);
 calibrate-redis 0 done, 2 bad input or an unreachable Redis.
 """
 
@@ -19,12 +20,25 @@ from rich.markup import escape
 
 from gpusim.cli.common import (EXIT_CODES_HELP, ExitCode, bad_input, check_outputs, err,
                                fail, out)
+from gpusim.cli.schedule_opts import ConfigChangeOpt, ScheduleOpt, load_changes
 from gpusim.errors import InputError
 from gpusim.output import atomic_write_text, jsonable
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+VERDICT_HELP = (
+    "Verdict, per judged row: PASS when the whole 95% interval of the error (sim - real) lies "
+    "inside the tolerance band, FAIL when it lies wholly outside, INCONCLUSIVE when it "
+    "straddles an edge (more --runs or a longer trace would settle it). Overall: FAIL if any "
+    "row FAILs, PASS if every judged row PASSes, else INCONCLUSIVE. Intervals of per-task rows "
+    "come from the trace's regeneration cycles (busy periods), pooled over runs. ")
+ObservedOpt = Annotated[bool, typer.Option(
+    "--observed", help="judge the model against the outcomes the trace itself records (wait_s, "
+                       "outcome, attempts): no Redis; --runs, --hold, --time-scale unused")]
+ToleranceOpt = Annotated[Optional[list[str]], typer.Option(
+    "--tolerance", help="ROW=VALUE (e.g. wait_p95_s=0.2, redis_cpu_s=0.25) or ROW=none to "
+                        "report without judging; repeatable")]
 VERDICT_EXIT = {"PASS": ExitCode.OK, "FAIL": ExitCode.FAIL, "INCONCLUSIVE": ExitCode.INCONCLUSIVE}
 COLORS = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
 
@@ -64,13 +78,18 @@ def comparison_table(cmp_: Any, *, title: str) -> Table:
     return t
 
 
-def title(cmp_: Any, n_tasks: int, time_scale: float) -> str:
+def title(cmp_: Any, n_tasks: int, time_scale: float, *, observed: bool = False) -> str:
     """What was compared, truthfully: real runs, simulated seeds, and how they were judged."""
     how = (f"{cmp_.n_pairs} CRN pairs judged (paired)" if cmp_.n_pairs
-           else "independent samples (Welch)")
+           else "independent samples")
+    if cmp_.n_cycles:
+        how += f", intervals over {cmp_.n_cycles} regeneration cycles"
+    if observed:
+        return (f"validate --observed: {n_tasks} tasks, the trace's observed outcomes vs "
+                f"{cmp_.n_sim} simulated seeds, {how}; waits in trace seconds")
     return (f"validate: {n_tasks} tasks, time scale 1/{time_scale:g}: {cmp_.n_real} real runs vs "
-            f"{cmp_.n_sim} simulated seeds, {how}; waits in replay seconds = trace s / "
-            f"{time_scale:g}")
+            f"{cmp_.n_sim} simulated seeds, {how}; waits in trace seconds (replay s x "
+            f"{time_scale:g})")
 
 
 def _check_outputs(*paths: Path | None) -> None:
@@ -100,6 +119,14 @@ def _load_inputs(trace: Path, config: Path, cluster: Path | None) -> tuple[Any, 
     try:
         return (load_trace(trace), load_lock_settings(config),
                 load_cluster(cluster) if cluster is not None else None)
+    except InputError as e:
+        raise bad_input(e)
+
+
+def _changes(config_change: list[str], schedule: Path | None) -> list[Any]:
+    """--config-change / --schedule (gpusim.schedule): both sides read them alike."""
+    try:
+        return load_changes(config_change, schedule)
     except InputError as e:
         raise bad_input(e)
 
@@ -140,9 +167,19 @@ def _write_json(path: Path, cmp_: Any, real: Any, sim: Any, cal: Any) -> None:
         raise bad_input(e)
 
 
-def _print_report(cmp_: Any, n_tasks: int, time_scale: float) -> None:
+def _write_outcomes(path: Path, tr: Any, real: Any, settings: Any, cl: Any,
+                    time_scale: float) -> None:
+    from gpusim.real.outcomes import write_outcomes
+    try:
+        for p in write_outcomes(path, tr, real, settings, time_scale=time_scale, cluster=cl):
+            err().print(f"[dim]wrote outcomes {escape(str(p))}[/]", highlight=False)
+    except InputError as e:
+        raise bad_input(e)
+
+
+def _print_report(cmp_: Any, n_tasks: int, time_scale: float, observed: bool = False) -> None:
     o = out()
-    o.print(comparison_table(cmp_, title=title(cmp_, n_tasks, time_scale)))
+    o.print(comparison_table(cmp_, title=title(cmp_, n_tasks, time_scale, observed=observed)))
     wt = cmp_.wait_tests
     if "ks_statistic" in wt:
         o.print(f"wait distributions: KS D={wt['ks_statistic']:.3f} p={wt['ks_pvalue']:.3g}; "
@@ -162,6 +199,50 @@ def _print_report(cmp_: Any, n_tasks: int, time_scale: float) -> None:
         o.print(f"note: {escape(n)}", highlight=False)
 
 
+def _parse_tolerances(items: list[str] | None) -> dict[str, float | None] | None:
+    """--tolerance ROW=VALUE items; a bad one ends in exit 2 naming it."""
+    from gpusim.real.comparison import ROWS
+
+    if not items:
+        return None
+    names = {n for n, _, _ in ROWS}
+    tol: dict[str, float | None] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            v = None if value.strip().lower() == "none" else float(value)
+        except ValueError:
+            v = -1.0
+        if name not in names or (v is not None and not (0 <= v < 100)):
+            raise fail(f"--tolerance {item!r}: want ROW=VALUE (VALUE >= 0 or none), ROW one of "
+                       f"{', '.join(sorted(names))}", ExitCode.BAD_INPUT)
+        tol[name] = v
+    return tol
+
+
+def _observed(tr: Any, settings: Any, cl: Any, *, seeds: int, seed: int,
+              tolerances: dict[str, float | None] | None, json_out: Path | None) -> typer.Exit:
+    """`validate --observed`: the model beside the trace's own observed outcomes."""
+    from gpusim.real.validate import validate_observed
+
+    try:
+        cmp_, sim, info = validate_observed(tr, settings, cluster=cl, seeds=seeds, seed=seed,
+                                            tolerances=tolerances)
+    except InputError as e:
+        raise bad_input(e)
+    if json_out is not None:
+        doc = {"schema": "gpusim.validate.observed/1", "verdict": cmp_.verdict,
+               "comparison": cmp_.to_json(), "observed": info,
+               "sim": {"inputs": sim.inputs, "metrics": sim.metrics}}
+        try:
+            atomic_write_text(json_out, json.dumps(jsonable(json.loads(json.dumps(
+                doc, default=str))), indent=2))
+        except InputError as e:
+            raise bad_input(e)
+    _print_report(cmp_, len(tr), 1.0, observed=True)
+    return _verdict_exit(cmp_, 1, len(tr))
+
+
 def _verdict_exit(cmp_: Any, runs: int, n_tasks: int) -> typer.Exit:
     """Print the verdict line (and, when INCONCLUSIVE, what to do about it); the exit code."""
     from gpusim.real.comparison import advice
@@ -174,7 +255,8 @@ def _verdict_exit(cmp_: Any, runs: int, n_tasks: int) -> typer.Exit:
         failed = ", ".join(r.label for r in cmp_.rows if r.verdict == "FAIL")
         o.print(f"[red]validation FAILS[/] ({escape(failed)})")
     else:
-        o.print("[yellow]validation INCONCLUSIVE: too little data[/]")
+        o.print("[yellow]validation INCONCLUSIVE: an interval straddles its tolerance (too "
+                "little data to say)[/]")
         o.print(escape(advice(cmp_, runs=runs, tasks=n_tasks)), highlight=False)
     return typer.Exit(int(VERDICT_EXIT[v]))
 
@@ -204,23 +286,51 @@ def validate(
         "--reference/--no-reference",
         help="run a CPU control load on a second private redis-server during each run; "
              "default: when calibrating a Redis on this host")] = None,
+    outcomes: Annotated[Optional[Path], typer.Option(
+        "--outcomes", help="write each real run's per-task outcomes as an observed trace "
+                           "(wait_s, outcome, attempts, config_digest); with --runs N > 1: "
+                           "OUT-run1.jsonl ... OUT-runN.jsonl")] = None,
+    yivideo_log: Annotated[Optional[Path], typer.Option(
+        "--yivideo-log", help="the lock clients also write YiVideo's lock log lines (logger "
+                              "'locks', YiVideo's format) to this file, for `gpusim trace "
+                              "import-yivideo-logs`")] = None,
+    observed: ObservedOpt = False,
+    tolerance: ToleranceOpt = None,
+    config_change: ConfigChangeOpt = [],
+    schedule: ScheduleOpt = None,
 ) -> None:
     """Replay a trace against a real Redis, simulate it, and judge the model.
 
-    Verdict: PASS when every judged metric passes, FAIL when one fails, INCONCLUSIVE when none
-    fails but an interval is too wide to judge (run more --runs or a longer trace).
+    Verdict (an equivalence test): PASS when every judged row's 95% interval lies inside its
+    tolerance, FAIL when one lies wholly outside, INCONCLUSIVE otherwise.
     Exit codes: 0 PASS, 1 FAIL (or Redis died mid-run), 2 bad input, 3 INCONCLUSIVE or
     --hold cuda skipped without CUDA, 130 interrupted.
     """
     _check_options(runs, seeds, hold, time_scale, json_out)
+    tol = _parse_tolerances(tolerance)
+    if observed:
+        if config_change or schedule is not None:  # the record already ran under its configs
+            raise bad_input(InputError("not used with --observed (the trace's own "
+                                       "config_digest says which config each task ran under)",
+                                       field="--config-change/--schedule"))
+        tr, settings, cl = _load_inputs(trace, config, cluster)
+        raise _observed(tr, settings, cl, seeds=seeds, seed=seed, tolerances=tol,
+                        json_out=json_out)
+    from gpusim.real.outcomes import outcome_paths
+    outcome_files = outcome_paths(outcomes, runs) if outcomes is not None else []
+    _check_outputs(*outcome_files, yivideo_log)
     tr, settings, cl = _load_inputs(trace, config, cluster)
+    changes = _changes(config_change, schedule)
     partial = (json_out.with_name(json_out.stem + ".partial.json") if json_out is not None
                else Path("gpusim-validate.partial.json"))
     cmp_, real, sim, cal = _run(tr, settings, cl, partial, redis_url=redis_url,
                                 time_scale=time_scale, runs=runs, seeds=seeds, seed=seed,
-                                hold=hold, calibrate=calibrate, reference=reference)
+                                hold=hold, calibrate=calibrate, reference=reference,
+                                yivideo_log=yivideo_log, tolerances=tol, changes=changes)
     if json_out is not None:  # results first: a closed stdout must not lose them
         _write_json(json_out, cmp_, real, sim, cal)
+    if outcomes is not None:
+        _write_outcomes(outcomes, tr, real, settings, cl, time_scale)
     _print_report(cmp_, len(tr), time_scale)
     raise _verdict_exit(cmp_, runs, len(tr))
 
@@ -277,5 +387,5 @@ def calibrate_redis(
 
 def register(app: typer.Typer) -> None:
     """Add `validate` and `calibrate-redis` to the main `gpusim` app."""
-    app.command("validate", epilog=EXIT_CODES_HELP)(validate)
+    app.command("validate", epilog=VERDICT_HELP + EXIT_CODES_HELP)(validate)
     app.command("calibrate-redis", epilog=EXIT_CODES_HELP)(calibrate_redis)

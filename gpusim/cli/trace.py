@@ -1,4 +1,5 @@
-"""`gpusim trace ...`: make and convert trace files (thin typer layer over synth and import).
+"""`gpusim trace ...`: make, import, record and check trace files (thin typer layer over synth,
+the importers, the recorder and the check).
 
 Bad input of any kind (options, spec file, CSV rows) prints the errors, one per line, to stderr
 and exits with code 2. The output path is checked before any work, and the file is written
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 #: The units `--duration-unit` takes (gpusim.traces.csv_import.DURATION_UNITS; a test checks).
 DURATION_UNIT_NAMES = ("s", "ms", "min")
 
-trace_app = typer.Typer(help="Make and convert GPU task traces (synthetic workloads, CSV import).",
+trace_app = typer.Typer(help="Make, import, record and check GPU task traces (synthetic "
+                             "workloads, CSV, YiVideo's logs, a watched Redis).",
                         epilog=EXIT_CODES_HELP, no_args_is_help=True)
 
 
@@ -190,6 +192,130 @@ def import_cmd(
                             type_map=parse_mapping(type_map or (), "type-map"))
         write_rows(result.rows, out)  # written before anything is printed
         _say(f"wrote {out}: {result.summary()}")
+    _run(go)
+
+
+@trace_app.command("import-yivideo-logs", epilog=EXIT_CODES_HELP)
+def import_logs_cmd(
+    logs: Annotated[list[str], typer.Argument(help="YiVideo log files (plain or .gz), each PATH or HOST=PATH; merged by time.")],
+    out: OutOpt,
+    host: Annotated[str | None, typer.Option(help="Host of the files given without HOST=.", show_default="the file name up to its first dot")] = None,
+    time_scale: Annotated[float, typer.Option(help="Multiply every logged time by this (a replay run F times faster: F).")] = 1.0,
+    config: Annotated[Path | None, typer.Option(help="The gpu_lock config the tasks ran under: its digest goes on each row whose start line logged its max_wait_time.", show_default="none: no config_digest")] = None,
+) -> None:
+    """Pair YiVideo's lock log lines into tasks with their observed waits, holds and outcomes.
+
+    Lines that cannot be paired are counted and listed by reason (see traces/README.md).
+    """
+    def go() -> None:
+        from gpusim.traces.format import trace_format, write_rows
+        from gpusim.traces.yivideo_logs import import_yivideo_logs, parse_sources
+        trace_format(str(out))
+        check_outputs(out)
+        settings = None
+        if config is not None:
+            from gpusim.config import load_lock_settings
+            settings = load_lock_settings(config)
+        result = import_yivideo_logs(parse_sources(logs, host), time_scale=time_scale,
+                                     config=settings)
+        from gpusim.traces.format import trace_from_rows
+        trace_from_rows(result.rows, str(out))  # the rows make a valid trace
+        write_rows(result.rows, out)  # written before anything is printed
+        _say(f"wrote {out}: {result.summary()}")
+        if not result.rows:
+            from gpusim.exitcodes import ExitCode
+            raise typer.Exit(int(ExitCode.INCONCLUSIVE))  # lock lines, but no whole task
+    _run(go)
+
+
+@trace_app.command("record", epilog=EXIT_CODES_HELP)
+def record_cmd(
+    out: OutOpt,
+    redis_url: Annotated[str, typer.Option(help="The Redis YiVideo's lock runs on, e.g. redis://host:6379/2.")],
+    seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.", show_default="until Ctrl-C")] = None,
+    keys: Annotated[str, typer.Option(help="Glob of the lock keys to watch.")] = "gpu_lock:*",
+    config: Annotated[Path | None, typer.Option(help="The gpu_lock config the tasks ran under (its max_wait_time tells when a waiting task gave up; its digest goes in each row).", show_default="YiVideo's defaults, no digest")] = None,
+    time_scale: Annotated[float, typer.Option(help="Multiply every recorded time by this (watching a replay run F times faster: F).")] = 1.0,
+) -> None:
+    """Watch a live Redis (MONITOR) and rebuild the lock tasks from its commands.
+
+    MONITOR costs the watched Redis CPU on every command it runs (measured: README). Ctrl-C
+    stops the recording and writes what was recorded so far (exit 130); so does losing the
+    Redis mid-record (exit 1). No task recorded: exit 3.
+    """
+    def go() -> None:
+        from gpusim.traces.format import trace_format
+        trace_format(str(out))
+        if seconds is not None and not (0 < seconds <= 366 * 86400):
+            raise InputError("must be > 0 and at most 366 days", field="seconds")
+        if not (0 < time_scale < float("inf")):
+            raise InputError("must be a positive number", field="time_scale")
+        check_outputs(out)
+        _record(out, redis_url, seconds, keys, config, time_scale)
+    _run(go)
+
+
+def _record(out: Path, redis_url: str, seconds: float | None, keys: str, config: Path | None,
+            time_scale: float) -> None:
+    from gpusim.cli.common import fail, set_interrupt_note
+    from gpusim.config import GpuLockConfig, config_digest, load_lock_settings
+    from gpusim.exitcodes import ExitCode
+    from gpusim.real.monitor import MonitorLost, MonitorUnavailable, server_time, watch
+    from gpusim.traces.format import write_rows
+    from gpusim.traces.recorder import Reconstructor
+    lock = load_lock_settings(config).gpu_lock if config is not None else GpuLockConfig()
+    rec = Reconstructor(keys, max_wait_s=lock.max_wait_time / time_scale,
+                        config_digest=config_digest(lock) if config is not None else None)
+    interrupted, lost = False, None
+    try:
+        watch(redis_url, rec.feed_text, seconds=seconds)
+        end_t = server_time(redis_url, rec.last_t)  # the record's end on the server's clock
+    except KeyboardInterrupt:
+        interrupted = True
+        end_t = server_time(redis_url, rec.last_t)
+    except MonitorLost as exc:  # Redis went away: keep what was recorded, and say so
+        lost, end_t = str(exc), rec.last_t
+    except MonitorUnavailable as exc:
+        raise fail(str(exc), ExitCode.BAD_INPUT) from None
+    rec.finish(end_t)
+    rows = rec.rows(time_scale)
+    write_rows(rows, out)  # written before anything is printed
+    if interrupted:
+        set_interrupt_note(f"wrote {out}: {len(rows)} tasks recorded so far")
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if lost is not None:
+        raise fail(f"{lost}; wrote {out}: {len(rows)} tasks recorded until then",
+                   ExitCode.FAIL)
+    _say(f"wrote {out}: {rec.summary()}")
+    if config is None:
+        _say(f"  (a waiting task gave up after {lock.max_wait_time:g} s, YiVideo's default "
+             "max_wait_time: give --config for yours)")
+    if not rows:
+        raise typer.Exit(int(ExitCode.INCONCLUSIVE))
+
+
+@trace_app.command("check", epilog=EXIT_CODES_HELP)
+def check_cmd(
+    trace: Annotated[Path, typer.Argument(help="Trace file (.jsonl or .csv, optionally .gz).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON here.", show_default="none")] = None,
+) -> None:
+    """Summarise a trace before trusting it.
+
+    Tasks, span, types, offered load per GPU, observed waits and timeouts, unknown holds and
+    gaps in the record (traces/README.md, "Importers").
+    """
+    def go() -> None:
+        import json
+
+        from gpusim.output import atomic_write_text
+        from gpusim.traces.check import check_trace, render
+        from gpusim.traces.format import load_trace
+        if json_out is not None:
+            check_outputs(json_out)
+        summary = check_trace(load_trace(trace))
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        _say(render(summary))
     _run(go)
 
 

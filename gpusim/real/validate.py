@@ -31,6 +31,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from gpusim.config import GpuLockConfig, LockSettings
+from gpusim.real.cycles import regeneration_cycles
+from gpusim.real.task_outcomes import TaskOutcomes
 from gpusim.real.comparison import (CMDS, DEFAULT_TOLERANCES, ROWS, Comparison, MetricRow,
                                     advice, compare, real_samples, sim_samples)
 from gpusim.real.replay import (CudaUnavailable, RealResult, RealRun, RedisDiedDuringRun,
@@ -38,7 +40,8 @@ from gpusim.real.replay import (CudaUnavailable, RealResult, RealRun, RedisDiedD
 
 # The replay and comparison names are re-exported: `from gpusim.real.validate import ...` was
 # the one module before the split, and notebooks and scripts import from it.
-__all__ = ["validate", "validation_cluster", "wakeups", "run_real", "compare", "advice",
+__all__ = ["validate", "validate_observed", "validation_cluster", "wakeups", "run_real",
+           "compare", "advice",
            "RealRun", "RealResult", "Comparison", "MetricRow", "RedisUnavailable",
            "RedisDiedDuringRun", "CudaUnavailable", "DEFAULT_TOLERANCES", "ROWS", "CMDS",
            "sim_samples", "real_samples", "summarize_lateness"]
@@ -190,7 +193,8 @@ def _sim_cpu_by_replication(sim: Any, per_run_extra: list[float], cpu_us: dict[s
 
 def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: bool,
                reference: bool | None, time_scale: float, runs: int, hold: str, cluster: Any,
-               seed: int, partial_path: Any, progress: Callable[[str], None] | None
+               seed: int, partial_path: Any, progress: Callable[[str], None] | None,
+               yivideo_log: str | Path | None = None, changes: Any = ()
                ) -> tuple[RealResult, float, dict[str, Any] | None, tuple[int, int], bool]:
     """Steps 1-3: (real result, measured rtt, calibration, (commands, wake-ups) predicted,
     whether a control load ran). Every server this starts is stopped before it returns."""
@@ -212,7 +216,8 @@ def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: b
             ref_srv, ref_load = _start_reference(gap, len(trace), seed, n_cmds, n_wake)
         real = run_real(trace, settings, redis_url=redis_url, time_scale=time_scale, runs=runs,
                         hold=hold, cluster=cluster, seed=seed, partial_path=partial_path,
-                        reference=ref_load, progress=progress)
+                        reference=ref_load, progress=progress, yivideo_log=yivideo_log,
+                        changes=changes)
         rtt = float(np.median([r.get_rtt_p50_s for r in real.runs if r.get_rtt_p50_s > 0]
                               or [0]))
         cal = None
@@ -258,7 +263,8 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
              hold: str = "sleep", cluster: Any = None, calibrate: bool | None = None,
              tolerances: Mapping[str, float | None] | None = None,
              partial_path: str | Path | None = None, paired: bool = True,
-             reference: bool | None = None, progress: Callable[[str], None] | None = None
+             reference: bool | None = None, progress: Callable[[str], None] | None = None,
+             yivideo_log: str | Path | None = None, changes: Any = ()
              ) -> tuple[Comparison, RealResult, Any, dict[str, Any] | None]:
     """Real replay + simulation + comparison. Returns (comparison, real, sim, calibration).
 
@@ -280,7 +286,7 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
     real, rtt, cal, (n_cmds, n_wake), with_ref = _real_side(
         trace, settings, redis_url, calibrate=calibrate, reference=reference,
         time_scale=time_scale, runs=runs, hold=hold, cluster=cluster, seed=seed,
-        partial_path=partial_path, progress=progress)
+        partial_path=partial_path, progress=progress, yivideo_log=yivideo_log, changes=changes)
     cpu_us = per_run_extra = None
     if cal:
         cpu_us, per_run_extra = _validation_costs(cal, real, with_ref, n_cmds, n_wake)
@@ -290,11 +296,56 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
     if progress:
         progress(f"simulating {seeds} seeds")
     sim = simulate(trace, settings, sim_cluster, seed=seed, replications=seeds,
-                   time_scale=time_scale)
+                   time_scale=time_scale, changes=changes)  # config changes: gpusim.schedule
     sim_cpu = None
     if per_run_extra is not None and cpu_us is not None:
         sim_cpu = _sim_cpu_by_replication(sim, per_run_extra, cpu_us, cal)
-    cmp_ = compare(real, sim, tolerances=tolerances, paired=paired and seeds >= runs >= 2,
-                   sim_cpu=sim_cpu)
+    cycles = regeneration_cycles(trace, settings, cluster)
+    cmp_ = compare(real, sim, tolerances=tolerances, paired=paired, sim_cpu=sim_cpu,
+                   cycles=cycles, time_scale=time_scale)
     _add_notes(cmp_, real, settings, time_scale, cal, per_run_extra is not None)
     return cmp_, real, sim, cal
+
+
+def validate_observed(trace: Any, settings: GpuLockConfig | LockSettings, *, cluster: Any = None,
+                      seeds: int = 10, seed: int = 0,
+                      tolerances: Mapping[str, float | None] | None = None
+                      ) -> tuple[Comparison, Any, dict[str, Any]]:
+    """The model's prediction for a trace's recorded arrivals and holds beside the outcomes the
+    trace observed (`gpusim.traces.observed`): the observed record is the real side (one run),
+    ``seeds`` simulated replications the model side, judged by the same rows and rule as
+    `validate`. Returns (comparison, simulation, info).
+
+    Tasks that timed out in the record have no hold; they are given their type's median
+    observed hold (`fill_unknown_holds`; ``info['holds_filled']`` says how many). Rows that
+    need Redis counters a trace does not carry (GET, SET, EVAL, PUBLISH, DEL, Redis CPU) are
+    N/A. The cluster is used as given (default: `gpusim.cluster.default_cluster`): a task's
+    simulated wait, like the observed one, runs from starting to acquire."""
+    from gpusim.cluster import default_cluster
+    from gpusim.errors import InputError
+    from gpusim.simulation import simulate
+    from gpusim.traces.observed import fill_unknown_holds
+
+    obs = trace.observed
+    if obs is None:
+        raise InputError("the trace has no observed outcomes (wait_s, outcome, attempts)",
+                         file=getattr(trace, "source", None), field="wait_s")
+    filled, n_filled = fill_unknown_holds(trace)
+    cluster = cluster or default_cluster()
+    sim = simulate(filled, settings, cluster, seed=seed, replications=seeds)
+    real = TaskOutcomes.from_observed(obs)
+    n_wait = int(np.isfinite(real.wait_s).sum())
+    cmp_ = compare(real, sim, tolerances=tolerances,
+                   cycles=regeneration_cycles(filled, settings, cluster))
+    cmp_.notes.append(f"observed record: {n_wait} of {len(trace)} tasks give a wait; "
+                      f"{n_filled} unknown holds (timed out in the record) filled with their "
+                      "type's median observed hold")
+    from gpusim.config import config_digest
+
+    mine = config_digest(settings)
+    other = sum(1 for d in obs.config_digest if d is not None and d != mine)
+    if other:
+        cmp_.notes.append(f"{other} tasks ran under another gpu_lock config than the one "
+                          f"simulated ({mine}), by their config_digest")
+    return cmp_, sim, {"holds_filled": n_filled, "tasks_with_wait": n_wait,
+                       "tasks_other_config": other}

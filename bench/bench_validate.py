@@ -1,0 +1,109 @@
+"""How often `gpusim validate` wrongly FAILs a model that is right, and how often it concludes.
+
+A model that is right is the simulator itself: the "real" side is `simulate` with one base
+seed, the model side `simulate` with another, same trace, same config, three replications each
+(the CLI's default --runs 3; pairs r with r as validate does, but the streams differ, so the
+pairs share nothing: a harder case than a real replay paired by common random numbers). Each
+trial is judged by `gpusim.real.comparison.compare` with the default tolerances and intervals
+over the trace's regeneration cycles, exactly as `gpusim validate` judges.
+
+Also measured: the coverage of the mean-wait interval (how often it holds the truth, 0), and
+a deliberately wrong model (polls 30% slower than configured) against the right one, with
+independent seeds and with the real side's own seeds (common random numbers).
+
+    python bench/bench_validate.py [--trials 200] [--trace T.jsonl] [--config C.yml] [--only S]
+
+Default trace: the README's reference case (`gpusim trace synth --hours 2 --gpus 4 --load 0.7
+--seed 4`, about 340 tasks) on examples/cluster_1node_4gpu.yml, under examples/config.yml
+(event-driven) and a polling variant of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from gpusim.cluster import load_cluster
+from gpusim.config import load_lock_settings
+from gpusim.real.comparison import compare
+from gpusim.real.cycles import regeneration_cycles
+from gpusim.real.validate import validation_cluster
+from gpusim.simulation import simulate
+from gpusim.traces.format import load_trace
+from gpusim.traces.synth import SynthSpec, synthesize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _judge(trace, real_cfg, model_cfg, cluster, cycles, trials: int, runs: int,
+           same_seeds: bool):
+    verdicts: Counter[str] = Counter()
+    rows: dict[str, Counter[str]] = {}
+    cover = []
+    for k in range(trials):
+        real = simulate(trace, real_cfg, cluster, seed=10_000 + k, replications=runs)
+        model = simulate(trace, model_cfg, cluster, seed=(10_000 if same_seeds else 20_000) + k,
+                         replications=runs)
+        cmp_ = compare(real, model, cycles=cycles, paired=True)
+        verdicts[cmp_.verdict] += 1
+        for r in cmp_.rows:
+            if r.tolerance is not None:
+                rows.setdefault(r.name, Counter())[r.verdict] += 1
+            if r.name == "wait_mean_s" and r.ci_low is not None:
+                cover.append(r.ci_low <= 0 <= r.ci_high)
+    return verdicts, rows, (float(np.mean(cover)) if cover else float("nan"))
+
+
+def _show(title: str, trials: int, verdicts, rows, cover) -> None:
+    print(f"\n{title}: {trials} trials")
+    print("  overall: " + ", ".join(f"{v} {verdicts[v] / trials:.1%}"
+                                    for v in ("PASS", "INCONCLUSIVE", "FAIL")))
+    for name, c in rows.items():
+        print(f"  {name:14s} " + ", ".join(f"{v} {c[v] / trials:.1%}"
+                                           for v in ("PASS", "INCONCLUSIVE", "FAIL")))
+    print(f"  mean-wait intervals holding 0 (the truth for a right model): {cover:.1%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--trace", type=Path)
+    ap.add_argument("--only", default="", help="run only the scenarios whose name has this")
+    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "config.yml")
+    ap.add_argument("--cluster", type=Path, default=ROOT / "examples" / "cluster_1node_4gpu.yml")
+    a = ap.parse_args()
+    trace = (load_trace(a.trace) if a.trace else
+             synthesize(SynthSpec(hours=2, gpus=4, load=0.7), 4))
+    settings = load_lock_settings(a.config)
+    cluster = load_cluster(a.cluster)
+    sim_cluster = validation_cluster(cluster, len(trace))
+    cfg = settings.gpu_lock
+    polling = cfg.model_copy(update={"use_event_driven": False})
+    slow = polling.model_copy(update={"poll_interval": cfg.poll_interval * 1.3,
+                                      "max_poll_interval": cfg.max_poll_interval * 1.3})
+    print(f"trace: {len(trace)} tasks; config {a.config.name}; {a.runs} runs a side")
+    # a right model against independent seeds (pairing the same seeds would be identical
+    # runs); the wrong model also with the real side's own seeds (common random numbers, as a
+    # real replay and its simulated twin share their jitter draws)
+    for name, real_cfg, model_cfg, same in (
+            ("event-driven (config as given), right model", cfg, cfg, False),
+            ("polling, right model", polling, polling, False),
+            ("polling, model polls 30% slower, independent seeds", polling, slow, False),
+            ("polling, model polls 30% slower, same seeds (CRN)", polling, slow, True)):
+        if a.only and a.only not in name:
+            continue
+        cycles = regeneration_cycles(trace, real_cfg, cluster)
+        t0 = time.perf_counter()
+        v, rows, cover = _judge(trace, real_cfg, model_cfg, sim_cluster, cycles, a.trials,
+                                a.runs, same)
+        _show(f"{name} ({int(cycles.max()) + 1} cycles, {time.perf_counter() - t0:.0f} s)",
+              a.trials, v, rows, cover)
+
+
+if __name__ == "__main__":
+    main()
