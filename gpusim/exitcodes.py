@@ -15,4 +15,5 @@ class ExitCode(IntEnum):
 
 
 EXIT_CODES_HELP = ("Exit codes: 0 pass or done, 1 a judged failure, 2 bad input, "
-                   "3 inconclusive, 130 interrupted.")
+                   "3 inconclusive or insufficient data, 4 marginal (canary judge), "
+                   "130 interrupted.")

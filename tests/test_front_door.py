@@ -106,6 +106,18 @@ def test_stdout_closed_before_the_first_write(tmp_path, source_csv, name):
     no_leftovers(tmp_path, "x.jsonl")
 
 
+@pytest.mark.parametrize("args", [["--help"], ["canary", "--help"], ["history", "--help"],
+                                  ["trace", "check", "--help"]])
+def test_help_into_a_closed_pipe_exits_0_quietly(args):
+    """`gpusim --help | head -1`: click's own answer to a broken pipe is exit 1; ours is 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the help is written
+    proc = subprocess.run([sys.executable, "-m", "gpusim", *args], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
 # --- output paths that cannot be written: refused before the run --------------------------------
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def parse_duration(text: str, *, field: str = "--window") -> float:
     return value
 
 
-def parse_change_time(text: str, trace: Trace) -> float:
+def parse_change_time(text: str, trace: Trace, field: str = "--change-time") -> float:
     """Trace seconds (a number: the frame of the trace's arrival_s) or an ISO 8601 time (the
     trace must then carry timestamps). Naive ISO times are UTC, as in traces."""
     try:
@@ -87,17 +87,17 @@ def parse_change_time(text: str, trace: Trace) -> float:
         value = None
     if value is not None:
         if not math.isfinite(value):
-            raise InputError(f"must be finite, got {text!r}", field="--change-time")
+            raise InputError(f"must be finite, got {text!r}", field=field)
         return value
     try:
         ts = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InputError(f"expected trace seconds or an ISO 8601 time, got {text!r}",
-                         field="--change-time") from None
+                         field=field) from None
     if trace.start_epoch is None:
         raise InputError("an ISO time needs a trace with timestamps (this one has arrival_s "
                          "only): give the change time in trace seconds", file=trace.source,
-                         field="--change-time")
+                         field=field)
     ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
     return ts.timestamp() - trace.start_epoch
 

@@ -110,6 +110,10 @@ def check_seed_option(value: int) -> int:
 
 def main(app: typer.Typer, argv: list[str] | None = None) -> NoReturn:
     """Run `app`; every way out is one line on stderr at most and a documented exit code."""
+    stdout = sys.stdout
+    # typer's help and messages write to sys.stdout directly: a reader that stops early
+    # (`gpusim --help | head -1`) must not turn them into click's exit 1 for a broken pipe
+    sys.stdout = _ClosedSafe(stdout)  # type: ignore[assignment]
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="gpusim")
     except typer.Exit as e:
@@ -124,6 +128,8 @@ def main(app: typer.Typer, argv: list[str] | None = None) -> NoReturn:
             raise
         _usage_error(e)
         rv = ExitCode.BAD_INPUT
+    finally:
+        sys.stdout = stdout
     code = int(rv) if isinstance(rv, int) else 0
     if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130)
         _interrupted()

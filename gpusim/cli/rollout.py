@@ -183,7 +183,7 @@ def rollback_simulate(
         check_seed(seed)
         check_outputs(json_out)
         tr = load_trace(trace)
-        at_s = parse_change_time(at, tr)
+        at_s = parse_change_time(at, tr, field="--at")
         if not 0 <= at_s <= tr.horizon_s:
             raise InputError(f"must be within the trace (0 to {tr.horizon_s:g} s), got "
                              f"{at_s:g}", field="--at")
