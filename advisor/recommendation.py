@@ -223,17 +223,9 @@ def load_recommendation(path: str) -> Recommendation:
     """Read a rec.json back (the report and the rollout tooling start from it)."""
     from pydantic import ValidationError
 
+    from advisor.jsonio import read_schema_doc
     from gpusim import InputError
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", file=path) from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"not JSON: {err.msg}", file=path, line=err.lineno) from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"expected schema {SCHEMA}, got {got!r}", file=path, field="schema")
+    doc = read_schema_doc(path, SCHEMA)
     try:
         return Recommendation.model_validate(doc)
     except ValidationError as err:

@@ -38,6 +38,7 @@ import numpy as np
 
 from gpusim import InputError, Trace
 
+from advisor.jsonio import read_schema_doc
 from advisor.rollout.power import wilson
 from advisor.rollout.plan import PLAN_SCHEMA, side_of
 
@@ -49,18 +50,7 @@ HL_MAX_SIDE = 1000            # Hodges-Lehmann on at most 1000 x 1000 pairs (ord
 
 
 def load_plan(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as err:
-        raise InputError(f"cannot read: {err.strerror}", file=path) from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"not JSON: {err.msg}", file=path, line=err.lineno) from None
-    if not isinstance(doc, dict) or doc.get("schema") != PLAN_SCHEMA:
-        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"expected schema {PLAN_SCHEMA}, got {got!r}", file=path,
-                         field="schema")
-    return doc
+    return read_schema_doc(path, PLAN_SCHEMA)
 
 
 @dataclass(frozen=True)
