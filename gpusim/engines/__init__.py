@@ -35,7 +35,7 @@ class Engine(Protocol):
     def run(self) -> "RunLog": ...
 
 
-#: Poll steps below which "fast" runs the reference engine (see `engine_for_run`).
+#: Poll steps up to which "auto" runs the reference engine (see `engine_for_run`).
 SMALL_RUN_POLLS = 20_000
 
 
