@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from gpusim import InputError, key_lines, line_of, read_yaml
-
+from advisor.rollout.inputs import load_yaml_model
 from advisor.rollout.power import Z_975
 
 
@@ -63,16 +62,7 @@ class MetricNames(BaseModel):
 def load_metric_names(path: str | Path | None) -> MetricNames:
     if path is None:
         return MetricNames()
-    data, text = read_yaml(path, "metrics file")
-    if not isinstance(data, dict):
-        raise InputError("expected a YAML mapping of metric names", file=str(path), line=1)
-    try:
-        return MetricNames(**data)
-    except ValidationError as err:
-        e = err.errors()[0]
-        loc = tuple(str(p) for p in e["loc"])
-        raise InputError(f"{e['msg']} (got {e.get('input')!r})", file=str(path),
-                         line=line_of(key_lines(text), loc), field=".".join(loc)) from None
+    return load_yaml_model(path, MetricNames, "metrics file", "of metric names")
 
 
 ARGS = ("attempts-metric", "timeouts-metric", "successes-metric", "redis-cpu-user-metric",

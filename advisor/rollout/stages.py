@@ -30,9 +30,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gpusim import InputError, key_lines, line_of, read_yaml
+from gpusim import InputError
+
+from advisor.rollout.inputs import load_yaml_model
 
 MAX_STAGE_H = 8784.0    # a stage of at most a (leap) year, like a trace
 
@@ -110,18 +112,8 @@ def load_stages(path: str | Path | None) -> RolloutSpec:
     """The rollout spec from a YAML file (every key optional), or the spec's defaults."""
     if path is None:
         return RolloutSpec()
-    data, text = read_yaml(path, "stages file")
-    if not isinstance(data, dict):
-        raise InputError("expected a YAML mapping (stages:, gates:, rollback:, waits:)",
-                         file=str(path), line=1)
-    lines = key_lines(text)
-    try:
-        return RolloutSpec(**data)
-    except ValidationError as err:
-        e = err.errors()[0]
-        loc = tuple(str(p) for p in e["loc"])
-        raise InputError(f"{e['msg']} (got {e.get('input')!r})", file=str(path),
-                         line=line_of(lines, loc), field=".".join(loc) or None) from None
+    return load_yaml_model(path, RolloutSpec, "stages file",
+                           "(stages:, gates:, rollback:, waits:)")
 
 
 def canary_count(n_nodes: int, share: float) -> tuple[int, str]:
