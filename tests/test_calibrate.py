@@ -35,11 +35,16 @@ def test_returns_the_cluster_redis_section(calibration):
 
 def test_publish_cost_grows_with_subscribers(calibration):
     res, _, _ = calibration
-    pts = res["details"]["publish_us_by_subscribers"]
-    # CPU measured over 0.1 s loops: 16 socket writes per PUBLISH cost several times a bare
-    # PUBLISH, far above the loops' noise (10 of 10 loaded repeats of this file passed)
-    assert pts[16] > pts[0]
-    assert res["redis"]["cpu_us"]["PUBLISH_PER_SUBSCRIBER"] > 0
+    # Redis's own time per PUBLISH (commandstats usec_per_call over the loop's hundreds of
+    # calls): queuing the message for 16 subscribers takes several times a PUBLISH to nobody.
+    # The CPU-delta points (`publish_us_by_subscribers`) are not compared: each carries the
+    # command's server wake-up (~100 us on the 2-core VM) and the noise of a 0.1 s loop, and
+    # once in about six loaded runs they came out inverted (125 vs 177 us).
+    usec = res["details"]["commandstats_usec_per_call"]
+    assert usec["PUBLISH[16]"]["PUBLISH"] > usec["PUBLISH[0]"]["PUBLISH"]
+    per_sub = res["redis"]["cpu_us"]["PUBLISH_PER_SUBSCRIBER"]
+    # the fitted slope is clamped at 0 when noise drives it negative, and says so
+    assert per_sub > 0 or "PUBLISH_PER_SUBSCRIBER" in res["details"]["clamped"]
 
 
 def test_commandstats_reported_and_eval_runs_get_and_del_inside(calibration):

@@ -131,6 +131,91 @@ def test_no_backoff_sleeps_poll_interval(redis_server, key):
     assert slept == [2.0, 2.0, 2.0] and r.attempts == 3
 
 
+def _slow_gets(c: LockClient, now: list[float], cost: float, at: list[float]) -> None:
+    """Each GET records when it started and then costs ``cost`` seconds of the fake clock
+    (a client whose commands take longer than the model's round trip)."""
+    real_get = c.redis.get
+
+    def get(key):
+        at.append(now[0])
+        now[0] += cost
+        return real_get(key)
+
+    c.redis.get = get
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced", "yivideo-loop"])
+def test_paced_polls_keep_the_model_schedule_whatever_a_get_costs(redis_server, key, paced):
+    """Paced: try k+1 is due at try k's due time + pace per round trip + the drawn sleep, so a
+    GET that costs 3 ms instead of the paced 1 ms shifts nothing; YiVideo's own loop sleeps
+    after the reply, so each poll drifts by the GET's cost (the model charges one rtt)."""
+    redis_server.client().set(key, "locked_by_other")
+    now, at, slept = [100.0], [], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    params = LockParams(poll_interval=1.0, max_poll_interval=5.0, max_wait_time=10.0,
+                        use_event_driven=False, lock_timeout=60)
+    with LockClient(redis_server.url, params, uniforms=iter([0.5] * 10),
+                    clock=lambda: now[0], sleep=sleep,
+                    pace_rtt_s=0.001 if paced else None) as c:
+        _slow_gets(c, now, 0.003, at)
+        r = c.acquire(key, "mine", due=99.999 if paced else None)
+    sleeps = [1.5, 2.25, 3.375, 5.0]
+    if paced:  # due times from the first try's due time 99.999 (the task started 1 ms late)
+        due = [99.999]
+        for s in sleeps[:3]:
+            due.append(due[-1] + 0.001 + s)
+        assert at[1:] == pytest.approx(due[1:], abs=1e-12) and at[0] == 100.0
+        # the loop test counts from the first due time too: a fifth try would be due
+        # 7.128 + 0.001 + 5.0 = 12.129 s after it, past max_wait_time
+        assert r.attempts == 4
+    else:
+        assert at == pytest.approx([100.0 + sum(sleeps[:k]) + 0.003 * k for k in range(4)])
+    assert not r.acquired and r.due_end is None
+
+
+def test_paced_polling_win_reports_when_the_try_was_due_to_end(redis_server, key):
+    """The replay times the hold from ``due_end``: the winning try's due time plus a round
+    trip for its GET and one for its SET NX."""
+    now, at = [5.0], []
+    params = LockParams(use_event_driven=False, lock_timeout=60)
+    with LockClient(redis_server.url, params, clock=lambda: now[0], sleep=lambda s: None,
+                    pace_rtt_s=0.002) as c:
+        _slow_gets(c, now, 0.003, at)
+        r = c.acquire(key, "mine", due=4.5)
+    assert r.acquired and r.mechanism == "polling" and r.sets == 1
+    assert r.due_end == pytest.approx(4.5 + 2 * 0.002)
+
+
+def test_paced_event_wait_falls_back_at_its_due_deadline(redis_server, key):
+    """No release comes: the event-driven wait ends fallback_timeout after the first try was
+    due to end, and the first poll is due then, even though the first GET took 40 ms (an
+    unpaced client would poll 40 ms later). Tolerance: the select() timeout and one GET on a
+    loaded 2-core VM (~1 ms; 15 ms allowed, well inside the 40 ms that would tell them
+    apart)."""
+    redis_server.client().set(key, "locked_by_other")
+    at: list[float] = []
+    params = LockParams(poll_interval=0.5, max_poll_interval=0.5, max_wait_time=0.3,
+                        use_event_driven=True, fallback_timeout=0.2, lock_timeout=60)
+    with LockClient(redis_server.url, params, pace_rtt_s=0.001) as c:
+        real_get = c.redis.get
+
+        def slow_first_get(k):
+            at.append(time.monotonic())
+            if len(at) == 1:
+                time.sleep(0.04)
+            return real_get(k)
+
+        c.redis.get = slow_first_get
+        due = time.monotonic()
+        r = c.acquire(key, "mine", due=due)
+    assert r.fell_back and not r.acquired and r.attempts == 2
+    assert at[1] - (due + 0.001 + 0.2) == pytest.approx(0.0, abs=0.015)
+
+
 def test_ttl_expiry_while_held_then_emergency_delete_of_other_holder(redis_server, key):
     params = LockParams(**{**FAST, "lock_timeout": 0.15}, use_event_driven=False)
     r = redis_server.client()

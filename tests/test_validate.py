@@ -259,12 +259,18 @@ def test_redis_dying_mid_run_saves_partial_results(tmp_path):
     cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60,
                         lock_timeout=600, use_event_driven=True)
     with PrivateRedis() as srv:
-        killer = threading.Timer(0.8, srv.kill)
-        killer.start()
+        # killed 0.5 s into the first run (the 20 tasks arrive over ~4 s at 10x)
+        killer = threading.Timer(0.5, srv.kill)
+
+        def progress(msg):
+            if msg.startswith("real run 1/"):
+                killer.start()
+
         try:
             with pytest.raises(RedisDiedDuringRun) as info:
                 run_real(tr, cfg, redis_url=srv.url, time_scale=10, runs=2,
-                         partial_path=tmp_path / "out.json", idle_window_s=0.1)
+                         partial_path=tmp_path / "out.json", idle_window_s=0.1,
+                         progress=progress)
         finally:
             killer.join()
     err = info.value

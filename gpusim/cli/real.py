@@ -298,6 +298,11 @@ def validate(
     tolerance: ToleranceOpt = None,
     config_change: ConfigChangeOpt = [],
     schedule: ScheduleOpt = None,
+    pace: Annotated[bool, typer.Option(
+        "--pace/--no-pace",
+        help="keep the real clients' tries on the model's schedule (a round trip measured "
+             "before the runs per command, then the drawn sleep); --no-pace runs YiVideo's "
+             "loop as is, whose ~0.1 ms of client time a poll the time scale magnifies")] = True,
 ) -> None:
     """Replay a trace against a real Redis, simulate it, and judge the model.
 
@@ -326,7 +331,8 @@ def validate(
     cmp_, real, sim, cal = _run(tr, settings, cl, partial, redis_url=redis_url,
                                 time_scale=time_scale, runs=runs, seeds=seeds, seed=seed,
                                 hold=hold, calibrate=calibrate, reference=reference,
-                                yivideo_log=yivideo_log, tolerances=tol, changes=changes)
+                                yivideo_log=yivideo_log, tolerances=tol, changes=changes,
+                                pace=pace)
     if json_out is not None:  # results first: a closed stdout must not lose them
         _write_json(json_out, cmp_, real, sim, cal)
     if outcomes is not None:

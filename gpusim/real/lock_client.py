@@ -23,6 +23,17 @@ Deviation, on purpose: YiVideo turns a Redis error during a try into "not acquir
 polling a dead server. A harness must notice a dead Redis, so errors propagate unless
 ``swallow_errors=True``.
 
+Paced polling (``pace_rtt_s``, for time-compressed replays): YiVideo sleeps after each try's
+reply, so its poll period is the sleep plus the try's round trips plus a little client time. At
+1x that extra time (~0.1 ms a poll, measured) is invisible against 2-10 s sleeps; in a replay
+compressed 100x it is 100x larger relative to the sleeps and adds up over hundreds of polls, so
+the real run's poll phases drift away from the model's (which charges one round trip a command)
+and every later race is decided differently. A paced client keeps its tries on the model's
+schedule instead: try k+1 is due at (try k's due time) + ``pace_rtt_s`` per command round trip
++ the drawn sleep, and it sleeps until then; the loop's ``max_wait_time`` test and the
+event-driven wait's deadline use the due times; the result's ``due_end`` is when the winning
+try was due to end, from which a replay times the hold. Off (None): YiVideo's loop as it is.
+
 Times: the TTL may be fractional for time-compressed replays; a whole number of seconds is sent
 as ``EX``, anything else as ``PX`` milliseconds. redis-py's automatic retries are off: a
 retried command would be counted twice and would hide a dead server for seconds. Each
@@ -96,6 +107,7 @@ class AcquireResult:
     mechanism: str | None           # 'immediate' | 'event' | 'polling' | None (timeout)
     messages: int = 0               # release messages received while waiting
     fell_back: bool = False         # the event-driven wait timed out and it polled
+    due_end: float | None = None    # paced: when the winning try was due to end (else None)
     sleeps: list[tuple[float, float]] = field(default_factory=list)  # (requested, actual)
 
     @property
@@ -132,7 +144,7 @@ class LockClient:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  swallow_errors: bool = False, socket_timeout: float | None = 30.0,
-                 pubsub: bool | None = None):
+                 pubsub: bool | None = None, pace_rtt_s: float | None = None):
         if isinstance(url_or_client, redis.Redis):
             pool_kwargs = dict(url_or_client.connection_pool.connection_kwargs)
             self._redis = redis.Redis(single_connection_client=True, protocol=2,
@@ -155,6 +167,9 @@ class LockClient:
         self.clock = clock
         self.sleep = sleep
         self.swallow_errors = swallow_errors
+        if pace_rtt_s is not None and not (pace_rtt_s >= 0 and math.isfinite(pace_rtt_s)):
+            raise ValueError(f"pace_rtt_s must be finite and >= 0, got {pace_rtt_s}")
+        self.pace_rtt_s = pace_rtt_s
         self.commands: Counter[str] = Counter()
         self.get_rtts: list[float] = []  # client round trip of each acquire-loop GET (s)
         # YiVideo's lock log lines (gpusim.real.yivideo_log.YiVideoLockLog), off when None
@@ -215,18 +230,22 @@ class LockClient:
 
     # -- acquire ---------------------------------------------------------------------------
     def acquire(self, key: str, task_type: str, token: str | None = None, *,
-                start: float | None = None) -> AcquireResult:
+                start: float | None = None, due: float | None = None) -> AcquireResult:
+        """``start``: when the task began acquiring (default now; the wait is measured from it).
+        ``due``: with pacing, when its first try was due (default ``start``): the paced
+        schedule and the ``max_wait_time`` test count from it."""
         value = self.owner_value(task_type, token)
         start = self.clock() if start is None else start
         res = AcquireResult(False, start, start, 0, 0, None)
         self._poll_tries, self._log_task = 0, task_type
+        origin = due if due is not None and self.pace_rtt_s is not None else start
         if self.log is not None:
             self.log.acquiring(task_type, key, self.params.use_event_driven,
                                self.params.max_wait_time)
         if self.params.use_event_driven and self._sub is not None:
-            self._acquire_event(key, value, res)
+            self._acquire_event(key, value, res, origin)
         else:
-            self._acquire_polling(key, value, res)
+            self._acquire_polling(key, value, res, origin, origin)
         if not res.acquired:
             res.end = self.clock()
         if self.log is not None:
@@ -256,14 +275,27 @@ class LockClient:
             res.end = self.clock()
         return ok
 
-    def _acquire_polling(self, key: str, value: str, res: AcquireResult) -> bool:
+    def _after_try(self, due: float, res: AcquireResult, sets_before: int) -> float:
+        """When the try that was due at ``due`` ends on the paced schedule: one round trip for
+        its GET and one for a SET NX."""
+        assert self.pace_rtt_s is not None
+        return due + self.pace_rtt_s * (1 + res.sets - sets_before)
+
+    def _acquire_polling(self, key: str, value: str, res: AcquireResult, origin: float,
+                         due: float) -> bool:
+        """The polling loop; ``origin`` is where max_wait_time counts from, ``due`` when the
+        first try is due (both used only when paced)."""
         p = self.params
+        paced = self.pace_rtt_s is not None
         cur = p.poll_interval
         k = 0
-        while self.clock() - res.start < p.max_wait_time:
+        while (due if paced else self.clock()) - origin < p.max_wait_time:
             self._poll_tries += 1
+            sets_before = res.sets
             if self._try(key, value, res):
                 res.mechanism = "polling"
+                if paced:
+                    res.due_end = self._after_try(due, res, sets_before)
                 return True
             if self.log is not None and self._poll_tries % 10 == 0:
                 self.log.still_waiting(self._log_task, self.clock() - res.start,
@@ -276,14 +308,21 @@ class LockClient:
             else:
                 want = p.poll_interval
             t0 = self.clock()
+            if paced:
+                due = self._after_try(due, res, sets_before) + want
+                want = max(0.0, due - t0)
             self.sleep(want)
             res.sleeps.append((want, self.clock() - t0))
         return False
 
-    def _acquire_event(self, key: str, value: str, res: AcquireResult) -> bool:
+    def _acquire_event(self, key: str, value: str, res: AcquireResult, origin: float) -> bool:
         p = self.params
-        if self._try(key, value, res):
-            res.mechanism = "immediate"
+        paced = self.pace_rtt_s is not None
+        sets_before = res.sets
+        won = self._try(key, value, res)
+        c = self._after_try(origin, res, sets_before) if paced else 0.0
+        if won:
+            res.mechanism, res.due_end = "immediate", (c if paced else None)
             return True
         channel = channel_for(key)
         sub = self._sub
@@ -291,17 +330,22 @@ class LockClient:
         self.commands["SUBSCRIBE"] += 1
         sub.send_command("SUBSCRIBE", channel)
         try:
-            while self.clock() - res.start < p.max_wait_time:
-                timeout = min(p.max_wait_time - (self.clock() - res.start), p.fallback_timeout)
-                if self._wait_message(timeout, res):
-                    if self._try(key, value, res):
-                        res.mechanism = "event"
+            while (c if paced else self.clock()) - origin < p.max_wait_time:
+                now = c if paced else self.clock()
+                deadline = now + min(p.max_wait_time - (now - origin), p.fallback_timeout)
+                if self._wait_message(deadline, res):
+                    woke, sets_before = self.clock(), res.sets
+                    won = self._try(key, value, res)
+                    c = self._after_try(woke, res, sets_before) if paced else c
+                    if won:
+                        res.mechanism, res.due_end = "event", (c if paced else None)
                         return True
                     self._drain()  # YiVideo's wait_event.clear(): forget what came meanwhile
                 else:
+                    c = deadline
                     break
             res.fell_back = True
-            if self._acquire_polling(key, value, res):
+            if self._acquire_polling(key, value, res, origin, c):
                 return True
             return False
         finally:
@@ -314,11 +358,11 @@ class LockClient:
                     raise
             self._drain()
 
-    def _wait_message(self, timeout: float, res: AcquireResult) -> bool:
-        """Wait up to ``timeout`` for a release message (confirmations are skipped)."""
+    def _wait_message(self, deadline: float, res: AcquireResult) -> bool:
+        """Wait until ``deadline`` (client clock) for a release message (confirmations are
+        skipped)."""
         sub = self._sub
         assert sub is not None
-        deadline = self.clock() + max(0.0, timeout)
         while True:
             remaining = deadline - self.clock()
             if remaining <= 0:

@@ -19,6 +19,18 @@ interpreter's switch interval is lowered to 0.2 ms for the duration of a run and
 Every connection is opened before the measured window, so connection handshakes cost no Redis CPU
 and no commands inside it.
 
+Paced clients (``pace=True``, the default): each lock client keeps its tries on the schedule the
+model computes for the same draws (`LockClient`'s paced polling: a try is due one measured round
+trip per command plus the drawn sleep after the previous one was due; a hold ends its duration
+after the winning try was due to end). YiVideo's loop sleeps after each reply, so its own client
+time (~0.1 ms a poll on the 2-core VM) is part of its period; at 1x that is nothing against 2-10 s
+sleeps, but compressed 100x it is 100x larger against the sleeps, it adds up over hundreds of
+polls, and the replay's poll phases drift ~1-2 s of trace time from the model's, so every later
+race after a release is decided differently on the two sides. Measured on the reference trace
+(337 tasks, 100x): unpaced, 42-46% of tasks waited within 0.5 trace-s of their simulated twin; paced
+with a back-to-back round trip, 57-69%; paced with the round trip of a GET sent after a sleep
+(what a replay's tries are; about 0.5 ms against 0.12 ms back to back), 77%.
+
 Timing accuracy is measured, not assumed: each run reports the start lateness (actual start of
 acquisition minus its scheduled time), the overshoot of every polling sleep and of every hold,
 as p50 / p95 / max; the comparison prints them next to the smallest scaled interval so a user can
@@ -264,7 +276,8 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
              partial_path: str | Path | None = None, key_prefix: str | None = None,
              idle_window_s: float | None = None, reference: Any = None,
              progress: Callable[[str], None] | None = None,
-             yivideo_log: str | Path | None = None, changes: Sequence[Any] = ()) -> RealResult:
+             yivideo_log: str | Path | None = None, changes: Sequence[Any] = (),
+             pace: bool = True) -> RealResult:
     """Replay ``trace`` ``runs`` times against a real Redis; see the module docstring.
 
     ``redis_url`` None starts a private redis-server for the duration. Run r feeds each task the
@@ -279,6 +292,10 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
     gpusim.real.yivideo_log), for `gpusim trace import-yivideo-logs`.
     ``changes``: config changes during the trace (gpusim.schedule, trace seconds): each worker
     reads the config in force on its node when it starts acquiring (gpusim.real.config_timeline).
+    ``pace``: the lock clients keep their tries on the model's schedule (`LockClient`'s paced
+    polling), with the round trip measured on the server before the first run
+    (``inputs["pace_rtt_s"]``, which the validation's model then uses as its ``rtt_s``); False
+    runs YiVideo's loop as is, whose per-poll client time the compression magnifies.
     """
     from gpusim.cluster import default_cluster
 
@@ -320,6 +337,8 @@ def run_real(trace: Any, lock_config: GpuLockConfig | LockSettings, *,
                 else None)
     try:
         ctl, inputs["redis_version"] = _control_client(redis_url)
+        if pace:
+            opts["pace_rtt_s"] = inputs["pace_rtt_s"] = _measure_rtt(ctl)
         if yivideo_log is None:
             return _runs(plan, redis_url, ctl, runs, inputs, opts, owned, partial_path, progress)
         from gpusim.real.yivideo_log import YiVideoLockLog
@@ -351,6 +370,24 @@ def _runs(plan: list, redis_url: str, ctl: redis.Redis, runs: int, inputs: dict[
                    "partial results attached (partial=true)"), res, saved)
     ctl.close()
     return RealResult(done, inputs)
+
+
+def _measure_rtt(ctl: redis.Redis, n: int = 41, gap_s: float = 0.005) -> float:
+    """Median round trip of ``n`` PINGs on the control connection (s), each after ``gap_s`` of
+    sleep: a replay's tries come after sleeps, and a command from an idle client to an idle
+    server takes about 0.5 ms on a 2-core VM where back-to-back ones take 0.12 ms (both ends
+    wake from idle), so that is the round trip the replay lives with. PING, not GET: it
+    touches no key, so a `gpusim trace record` watching the same server sees no extra task."""
+    times = []
+    try:
+        for _ in range(n):
+            time.sleep(gap_s)
+            t = time.perf_counter()
+            ctl.ping()
+            times.append(time.perf_counter() - t)
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnavailable(f"Redis failed while measuring its round trip: {exc}") from None
+    return float(np.median(times))
 
 
 def _local_pid(ctl: redis.Redis, url: str, owned: Any) -> int | None:
@@ -394,8 +431,9 @@ class _OneRun:
     def __init__(self, r: int, plan: list, url: str, ctl: redis.Redis, *, prefix: str,
                  shared: bool, uot: bool, emd: bool, seed: int, hold_fn: Any,
                  idle_window_s: float, reference: Any = None, server_pid: int | None = None,
-                 log: Any = None, timelines: Any = None):
+                 log: Any = None, timelines: Any = None, pace_rtt_s: float | None = None):
         self.r, self.plan, self.url, self.ctl = r, plan, url, ctl
+        self.pace_rtt_s = pace_rtt_s  # paced lock clients (LockClient), or None
         self.timelines = timelines  # per node name: config changes (config_timeline), or None
         self.log = log  # YiVideo's lock log lines (gpusim.real.yivideo_log), or None
         self.shared, self.uot, self.emd, self.seed = shared, uot, emd, seed
@@ -433,7 +471,8 @@ class _OneRun:
                 self.clients.append(LockClient(
                     self.url, params, unique_owner_token=self.uot, emergency_delete=self.emd,
                     uniform_at=lambda k, st=st: uniform(st, k), clock=self.clock,
-                    sleep=self.sleeper.sleep, pubsub=tl.any_event_driven if tl else None))
+                    sleep=self.sleeper.sleep, pubsub=tl.any_event_driven if tl else None,
+                    pace_rtt_s=self.pace_rtt_s))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             for c in self.clients:
                 c.close()
@@ -496,13 +535,16 @@ class _OneRun:
                 self.log.begin(task.task_type, key, params.use_event_driven,
                                params.max_wait_time)
             start = clock()
-            res = client.acquire(key, task.task_type, token=str(task.index), start=start)
+            res = client.acquire(key, task.task_type, token=str(task.index), start=start,
+                                 due=due)
             if self.log is not None:
                 (self.log.executing(task.task_type) if res.acquired
                  else self.log.gave_up(task.task_type, key))
             if res.acquired:
                 outcome = "crashed" if task.crashed else "acquired"
-                gpu_end, release = self._hold_and_release(task, client, key, res.end + duration)
+                # a paced client's hold ends on the model's schedule too (see LockClient)
+                got = res.due_end if res.due_end is not None else res.end
+                gpu_end, release = self._hold_and_release(task, client, key, got + duration)
                 end = clock()
             else:
                 outcome, gpu_end, release, end = "timeout", None, None, res.end

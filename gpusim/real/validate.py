@@ -194,9 +194,9 @@ def _sim_cpu_by_replication(sim: Any, per_run_extra: list[float], cpu_us: dict[s
 def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: bool,
                reference: bool | None, time_scale: float, runs: int, hold: str, cluster: Any,
                seed: int, partial_path: Any, progress: Callable[[str], None] | None,
-               yivideo_log: str | Path | None = None, changes: Any = ()
+               yivideo_log: str | Path | None = None, changes: Any = (), pace: bool = True
                ) -> tuple[RealResult, float, dict[str, Any] | None, tuple[int, int], bool]:
-    """Steps 1-3: (real result, measured rtt, calibration, (commands, wake-ups) predicted,
+    """Steps 1-3: (real result, the model's rtt, calibration, (commands, wake-ups) predicted,
     whether a control load ran). Every server this starts is stopped before it returns."""
     from gpusim.real.server import PrivateRedis
 
@@ -217,9 +217,11 @@ def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: b
         real = run_real(trace, settings, redis_url=redis_url, time_scale=time_scale, runs=runs,
                         hold=hold, cluster=cluster, seed=seed, partial_path=partial_path,
                         reference=ref_load, progress=progress, yivideo_log=yivideo_log,
-                        changes=changes)
+                        changes=changes, pace=pace)
         rtt = float(np.median([r.get_rtt_p50_s for r in real.runs if r.get_rtt_p50_s > 0]
                               or [0]))
+        # the model charges the round trip the paced clients kept their schedule with
+        model_rtt = real.inputs.get("pace_rtt_s", rtt)
         cal = None
         if calibrate:
             if progress:
@@ -234,7 +236,7 @@ def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: b
             ref_srv.stop()
         if owned is not None:
             owned.stop()
-    return real, rtt, cal, (n_cmds, n_wake), ref_load is not None
+    return real, model_rtt, cal, (n_cmds, n_wake), ref_load is not None
 
 
 def _add_notes(cmp_: Comparison, real: RealResult, settings: Any, time_scale: float,
@@ -264,7 +266,7 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
              tolerances: Mapping[str, float | None] | None = None,
              partial_path: str | Path | None = None, paired: bool = True,
              reference: bool | None = None, progress: Callable[[str], None] | None = None,
-             yivideo_log: str | Path | None = None, changes: Any = ()
+             yivideo_log: str | Path | None = None, changes: Any = (), pace: bool = True
              ) -> tuple[Comparison, RealResult, Any, dict[str, Any] | None]:
     """Real replay + simulation + comparison. Returns (comparison, real, sim, calibration).
 
@@ -278,6 +280,8 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
     the CPU per command it measures is the host's cost of a lock command at that moment, and the
     prediction for real run r uses the control of run r. See the calibrate module docstring.
     ``comparison.verdict`` is PASS, FAIL or INCONCLUSIVE (`gpusim.real.comparison`).
+    ``pace`` (`run_real`): the real clients keep the model's schedule, and the model's round
+    trip is the one they kept it with (``real.inputs["pace_rtt_s"]``).
     """
     from gpusim.simulation import simulate
 
@@ -286,7 +290,8 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
     real, rtt, cal, (n_cmds, n_wake), with_ref = _real_side(
         trace, settings, redis_url, calibrate=calibrate, reference=reference,
         time_scale=time_scale, runs=runs, hold=hold, cluster=cluster, seed=seed,
-        partial_path=partial_path, progress=progress, yivideo_log=yivideo_log, changes=changes)
+        partial_path=partial_path, progress=progress, yivideo_log=yivideo_log, changes=changes,
+        pace=pace)
     cpu_us = per_run_extra = None
     if cal:
         cpu_us, per_run_extra = _validation_costs(cal, real, with_ref, n_cmds, n_wake)
