@@ -19,6 +19,7 @@ a deliberately wrong model (polls 30% slower than configured) against the right 
 independent seeds and with the real side's own seeds (common random numbers).
 
     python bench/bench_validate.py [--trials 200] [--trace T.jsonl] [--config C.yml] [--only S]
+                                   [--seed 10000]
 
 Default trace: the README's reference case (`gpusim trace synth --hours 2 --gpus 4 --load 0.7
 --seed 4`, about 340 tasks) on examples/cluster_1node_4gpu.yml, under examples/config.yml
@@ -67,16 +68,16 @@ def _independent_wakeups(offset: int):
 
 
 def _judge(trace, real_cfg, model_cfg, cluster, cycles, trials: int, runs: int,
-           same_seeds: bool, wakeups_apart: bool = False):
+           same_seeds: bool, wakeups_apart: bool = False, base: int = 10_000):
     verdicts: Counter[str] = Counter()
     rows: dict[str, Counter[str]] = {}
     cover, scaled = [], []
     engine = "reference" if wakeups_apart else "fast"
     for k in range(trials):
         with _independent_wakeups(10**6) if wakeups_apart else contextlib.nullcontext():
-            real = simulate(trace, real_cfg, cluster, seed=10_000 + k, replications=runs,
+            real = simulate(trace, real_cfg, cluster, seed=base + k, replications=runs,
                             engine=engine)
-        model = simulate(trace, model_cfg, cluster, seed=(10_000 if same_seeds else 20_000) + k,
+        model = simulate(trace, model_cfg, cluster, seed=base + (0 if same_seeds else 10_000) + k,
                          replications=runs, engine=engine)
         cmp_ = compare(real, model, cycles=cycles, paired=True)
         verdicts[cmp_.verdict] += 1
@@ -106,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=10_000, help="first trial's real-side seed")
     ap.add_argument("--trace", type=Path)
     ap.add_argument("--only", default="", help="run only the scenarios whose name has this")
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "config.yml")
@@ -138,7 +140,7 @@ def main() -> None:
         cycles = regeneration_cycles(trace, real_cfg, cluster)
         t0 = time.perf_counter()
         v, rows, cover, scaled = _judge(trace, real_cfg, model_cfg, sim_cluster, cycles,
-                                        a.trials, a.runs, same, apart)
+                                        a.trials, a.runs, same, apart, a.seed)
         _show(f"{name} ({int(cycles.max()) + 1} cycles, {time.perf_counter() - t0:.0f} s)",
               a.trials, v, rows, cover, scaled)
 

@@ -80,6 +80,12 @@ def wait_split_metrics(t: TaskTable) -> dict[str, Any]:
     }
 
 
+#: The TaskTable columns task_metrics reads (by_task_type copies only these).
+TASK_METRIC_COLUMNS = ("outcome", "wait_s", "slot_s", "arrival_s", "end_s", "attempts",
+                       "lost_reason", "missed_wakeups", "fell_back", "held_wait_s",
+                       "free_wait_s")
+
+
 def task_metrics(records: Sequence[TaskRecord] | TaskTable) -> dict[str, Any]:
     """Metrics that depend on the task records alone (used overall and per task type)."""
     t = TaskTable.from_records(records)
@@ -205,5 +211,7 @@ def by_task_type(records: Sequence[TaskRecord] | TaskTable) -> dict[str, dict[st
     for code, name in sorted(enumerate(table.type_names), key=lambda x: x[1]):
         mask = table.task_type == code
         if mask.any():
-            out[name] = {k: v for k, v in task_metrics(table.subset(mask)).items() if k in keep}
+            # only the columns task_metrics reads: copying all of them was 0.05 s on a week
+            part = table.subset(mask, TASK_METRIC_COLUMNS)
+            out[name] = {k: v for k, v in task_metrics(part).items() if k in keep}
     return out

@@ -225,8 +225,10 @@ class TaskTable:
         return TaskTable({**self.cols, **columns}, self.task_ids, self.type_names,
                          self.node_names)
 
-    def subset(self, mask: np.ndarray) -> "TaskTable":
-        return TaskTable({k: v[mask] for k, v in self.cols.items()},
+    def subset(self, mask: np.ndarray, columns: Sequence[str] | None = None) -> "TaskTable":
+        """The rows where `mask` is true; only `columns` (and "index") when given."""
+        keep = self.cols if columns is None else {"index", *columns}
+        return TaskTable({k: v[mask] for k, v in self.cols.items() if k in keep},
                          _Picked(self.task_ids, np.flatnonzero(mask)), self.type_names,
                          self.node_names)
 

@@ -232,6 +232,89 @@ def ratio_error_interval_df(sim: Sequence[float], real: Sequence[float], kind: s
     return (est, est - half, est + half, note), df
 
 
+SIGN_FLIPS = 4000
+
+
+def _accepted(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
+              rs: np.ndarray) -> np.ndarray:
+    """For each candidate ratio in ``rs``: is its sign-flip p-value above 5%? ``a``, ``b``: the
+    flipped sums of ``x`` and ``y`` (one per sign vector)."""
+    rs = np.atleast_1d(rs)
+    obs = np.abs(x.sum() - rs * y.sum())
+    out = np.empty(len(rs), dtype=bool)
+    for i in range(0, len(rs), 256):  # bounded memory: 256 x SIGN_FLIPS at a time
+        r = rs[i:i + 256, None]
+        p = (np.abs(a[None, :] - r * b[None, :]) >= obs[i:i + 256, None] - 1e-12 *
+             np.maximum(obs[i:i + 256, None], 1.0)).mean(axis=1)
+        out[i:i + 256] = p > 0.05
+    return out
+
+
+@lru_cache(maxsize=8)
+def _signs(n: int, seed: int) -> np.ndarray:
+    """SIGN_FLIPS random sign vectors of length n (read-only: shared between calls)."""
+    bits = np.random.default_rng(seed).integers(0, 2, size=(SIGN_FLIPS, n), dtype=np.int8)
+    w = bits.astype(float) * 2.0 - 1.0
+    w.flags.writeable = False
+    return w
+
+
+def _edge(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, inside: float,
+          outside: float) -> float:
+    """The accepted ratio nearest ``outside`` between an accepted and a rejected one
+    (bisection, to 1e-6 of their distance)."""
+    for _ in range(20):
+        mid = 0.5 * (inside + outside)
+        if _accepted(x, y, a, b, np.array([mid]))[0]:
+            inside = mid
+        else:
+            outside = mid
+    return inside
+
+
+def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: str,
+                            tasks: Sequence[float] | None = None, *, scale: float,
+                            seed: int = 0) -> Interval:
+    """95% interval of the same error as `ratio_error_interval_df` by inverting a sign-flip
+    (randomization) test over the units (regeneration cycles): the ratio R is kept when the
+    observed sum of residuals x_u - R y_u is not in the outer 5% of its sums with each unit's
+    sign flipped at random (Fisher's randomization test for paired differences; Good,
+    "Permutation Tests", ch. 3). Exact when each unit's residual is symmetric about zero at the
+    true R and units are independent: a real run and its simulated twin (same trace, same
+    jitter draws) are exchangeable when the model is right. Unlike the t interval it needs no
+    degrees of freedom: when two or three busy periods carry the difference, their own
+    residuals bound the ratio, and a t quantile on ~2 df (4.3) made the interval about 1.5
+    times wider than its coverage needs (bench/bench_validate.py). ``scale``: a width to
+    search around the estimate (the t interval's half-width). Sign vectors from ``seed``:
+    same inputs, same interval. NaN bounds when the units cannot exclude a ratio within 64
+    times ``scale`` (too few units that differ)."""
+    s = np.asarray(sim, dtype=float)
+    r = np.asarray(real, dtype=float)
+    if kind == "abs":
+        x, y, shift = s - r, np.asarray(tasks, dtype=float), 0.0
+    else:
+        if r.sum() == 0:
+            return _relative_to_zero(float(s.sum()))
+        x, y, shift = s, r, 1.0
+    est = float(x.sum() / y.sum())
+    note = f"sign-flip interval over {len(x)} regeneration cycles"
+    w = _signs(len(x), seed)
+    a, b = w @ x, w @ y
+    half = max(float(scale), 1e-9 * max(abs(est), 1.0))
+    for _ in range(7):  # widen the search until both ends are inside it
+        rs = est + np.linspace(-2 * half, 2 * half, 201)
+        ok = _accepted(x, y, a, b, rs)
+        if not ok[0] and not ok[-1]:
+            if not ok.any():  # narrower than the grid: the estimate alone
+                return est - shift, est - shift, est - shift, note
+            i, j = int(np.argmax(ok)), len(ok) - 1 - int(np.argmax(ok[::-1]))
+            lo = _edge(x, y, a, b, float(rs[i]), float(rs[i - 1]))
+            hi = _edge(x, y, a, b, float(rs[j]), float(rs[j + 1]))
+            return est - shift, lo - shift, hi - shift, note
+        half *= 2
+    return est - shift, math.nan, math.nan, note + ": too few cycles differ to bound it"
+
+
 def run_effect_check(per_run_errors: Sequence[float], cycle_interval: Interval,
                      cycle_df: float) -> tuple[Interval, float] | None:
     """The interval over runs instead of cycles, when the runs disagree more than the cycles

@@ -36,6 +36,7 @@ CHILD = textwrap.dedent("""
     load_cached(tinykernel.cumulative, sig)
     ctx = tinykernel.cumulative.targetctx
     skipped_registries = "numba.typed.typeddict" not in sys.modules
+    skipped_numpy_support = "numba.np.arraymath" not in sys.modules
     out, s = tinykernel.cumulative(x, 7)
 
     @numba.njit
@@ -50,6 +51,8 @@ CHILD = textwrap.dedent("""
         "misses": sum(tinykernel.cumulative.stats.cache_misses.values()),
         "out": out.tolist(), "s": s, "patched_left": "refresh" in vars(ctx),
         "skipped_registries": skipped_registries,
+        "skipped_numpy_support": skipped_numpy_support,
+        "scipy_linalg": "scipy.linalg" in sys.modules,
         "dict_count": uses_a_dict(np.array([3, 1, 3, 2])),
     }))
 """)
@@ -69,6 +72,9 @@ def test_a_cache_miss_compiles_then_a_hit_loads_without_the_refresh(tmp_path):
     second = _run(tmp_path)  # from the cache written by the first run
     assert second["hits"] == 1 and second["misses"] == 0
     assert second["skipped_registries"]  # the point: numba's full refresh did not run
+    assert second["skipped_numpy_support"]  # nor the import of numba's NumPy support
+    assert not first["skipped_numpy_support"]  # which a compile needs: imported first,
+    assert not first["scipy_linalg"]  # without numba's scipy.linalg probe (numba_start)
     for run in (first, second):
         assert run["out"] == expected and run["s"] == 11.0
         assert not run["patched_left"]  # numba's own refresh is back for later compiles

@@ -57,7 +57,8 @@ def test_numba_starts_without_scipy_linalg_and_blas_still_works():
     import sys
     code = (
         "import sys, numpy as np\n"
-        "import gpusim.engines.compiled\n"
+        "from gpusim.engines.numba_start import load_numpy_support\n"
+        "load_numpy_support()  # as gpusim.engines.numba_cache does before a compile\n"
         "import numba.np.arraymath\n"
         "print('scipy.linalg' in sys.modules, numba.np.arraymath._HAVE_BLAS)\n"
         "from numba import njit\n"
@@ -109,3 +110,19 @@ def test_a_small_simulate_on_the_command_line_never_loads_numba(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stderr.strip().splitlines()[-1] == "False 0", out.stderr
     assert "success_rate" in out.stdout
+
+
+def test_minute_bins_agree_at_the_minute_boundaries():
+    """jit_rng.minute_of takes the rounded quotient's floor and corrects it by one where it
+    rounded up: every multiple of 60 s and the floats two steps either side of it, from far
+    negative to the end of its exact range (and past it, where it falls back to t // 60.0;
+    bins must fit numba's int64 either way)."""
+    ks = np.concatenate((np.arange(-2000, 20000), np.arange(2**38 - 500, 2**38 + 500),
+                         np.arange(2**40 - 500, 2**40 + 500)))
+    t0 = ks * 60.0
+    down = np.nextafter(t0, -np.inf)
+    up = np.nextafter(t0, np.inf)
+    times = np.concatenate((t0, down, np.nextafter(down, -np.inf), up, np.nextafter(up, np.inf),
+                            [2.0**46, -2.0**46, 2.0**50 + 60.0, 5e-324, -5e-324, -0.0]))
+    for t in times.tolist():
+        assert jit_rng.minute_of(t) == int(t // 60.0), t

@@ -98,6 +98,22 @@ def test_cycles_cut_where_the_key_is_surely_free():
 # ------------------------------------------------------------------------------------------
 # sim against sim
 # ------------------------------------------------------------------------------------------
+_PAIRS: dict[int, tuple[TaskOutcomes, TaskOutcomes]] = {}
+
+
+def _self_pairs(small):
+    """150 replications of the model under two independent seeds (made once per session)."""
+    if id(small) not in _PAIRS:
+        tr, _, vc, _ = small
+        a = simulate(tr, POLLING, vc, seed=11, replications=150)
+        b = simulate(tr, POLLING, vc, seed=12, replications=150)
+        _PAIRS[id(small)] = (TaskOutcomes.from_records([r.records for r in a.replications],
+                                                       len(tr)),
+                             TaskOutcomes.from_records([r.records for r in b.replications],
+                                                       len(tr)))
+    return _PAIRS[id(small)]
+
+
 def test_cycle_intervals_cover_the_truth(small):
     """A model against itself with independent seeds (the truth: no error): the mean-wait and
     GET intervals must cover 0 in about 95% of 150 trials. Measured: 99.5% here (400 trials)
@@ -108,16 +124,60 @@ def test_cycle_intervals_cover_the_truth(small):
     half-width is bounded too (at most 6 sd of the errors; measured 3.2-4), so an interval
     cannot pass by being arbitrarily wide."""
     tr, _, vc, cyc = small
+    oa, ob = _self_pairs(small)
     n = 150
-    a = simulate(tr, POLLING, vc, seed=11, replications=n)
-    b = simulate(tr, POLLING, vc, seed=12, replications=n)
-    oa = TaskOutcomes.from_records([r.records for r in a.replications], len(tr))
-    ob = TaskOutcomes.from_records([r.records for r in b.replications], len(tr))
     tasks = np.bincount(cyc)
     for field in ("wait_s", "gets"):
         res = np.array([st.ratio_error_interval(np.bincount(cyc, ob.field(field)[k]),
                                                 np.bincount(cyc, oa.field(field)[k]), "rel",
                                                 tasks)[:3] for k in range(n)])
+        cover = np.mean((res[:, 1] <= 0) & (0 <= res[:, 2]))
+        half = np.mean(res[:, 2] - res[:, 1]) / 2
+        assert cover >= 0.90, (field, cover)
+        assert half <= 6 * res[:, 0].std(), (field, half, res[:, 0].std())
+
+
+def test_signflip_interval_on_known_cases():
+    """Identical sides: no error and no width. Every cycle 10% higher on the model side: the
+    error is 10% and every sign flip of a residual that is zero at 1.1 leaves it zero, so
+    the interval is 1.1 to the grid's step. Same inputs, same interval (seeded flips)."""
+    real = np.array([5.0, 1.0, 8.0, 2.0, 4.0, 3.0, 7.0, 6.0])
+    err, lo, hi, _ = st.signflip_ratio_interval(real, real, "rel", scale=0.1)
+    assert (err, lo, hi) == (0.0, 0.0, 0.0)
+    err, lo, hi, _ = st.signflip_ratio_interval(real * 1.1, real, "rel", scale=0.1)
+    assert err == pytest.approx(0.1) and lo == pytest.approx(0.1, abs=1e-3)
+    assert hi == pytest.approx(0.1, abs=1e-3)
+    noisy = real * np.array([1.2, 0.9, 1.05, 1.1, 0.8, 1.0, 1.15, 0.95])
+    a = st.signflip_ratio_interval(noisy, real, "rel", scale=0.1)
+    assert a == st.signflip_ratio_interval(noisy, real, "rel", scale=0.1)
+    assert a[1] < a[0] < a[2]
+    # a rate: points per task
+    err, lo, hi, _ = st.signflip_ratio_interval(real, real, "abs", real + 2, scale=0.1)
+    assert (err, lo, hi) == (0.0, 0.0, 0.0)
+    # three cycles: the 8 sign vectors put at least 2/8 of the flips at or beyond any
+    # observed sum, so no ratio is ever rejected at 5%: unbounded, said so (not judged)
+    err, lo, hi, note = st.signflip_ratio_interval([3, 4, 5], [3, 4, 5], "abs", [5, 5, 5],
+                                                   scale=0.1)
+    assert err == 0.0 and np.isnan(lo) and np.isnan(hi) and "too few" in note
+
+
+def test_signflip_intervals_cover_the_truth(small):
+    """The interval a paired comparison now uses (gpusim.stats.signflip_ratio_interval): a
+    model against itself with independent seeds, one run a side, so each cycle's two totals
+    are exchangeable and the test it inverts is exact (up to its 4,000 random flips). Over 150
+    trials coverage must be >= 0.90: were it 0.95, that fails by chance with probability
+    P(Bin(150, 0.05) >= 16) = 0.2% (seeded here, so deterministic). The mean half-width is
+    bounded by 6 sd of the errors, so it cannot pass by being arbitrarily wide."""
+    tr, _, vc, cyc = small
+    oa, ob = _self_pairs(small)
+    n = 150
+    for field in ("wait_s", "gets"):
+        res = []
+        for k in range(n):
+            x, y = np.bincount(cyc, ob.field(field)[k]), np.bincount(cyc, oa.field(field)[k])
+            t = st.ratio_error_interval(x, y, "rel")
+            res.append(st.signflip_ratio_interval(x, y, "rel", scale=(t[2] - t[1]) / 2)[:3])
+        res = np.array(res)
         cover = np.mean((res[:, 1] <= 0) & (0 <= res[:, 2]))
         half = np.mean(res[:, 2] - res[:, 1]) / 2
         assert cover >= 0.90, (field, cover)

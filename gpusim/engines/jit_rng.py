@@ -8,6 +8,8 @@ imports numba (about half a second).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -47,7 +49,22 @@ def jitter_factor(u):
     return JITTER_LO + JITTER_SPAN * u
 
 
+# Below this size q * 60.0 is an exact float for every candidate bin q (|q| * 60 < 2**53).
+_EXACT_BINS = 2.0 ** 46
+
+
 @njit(cache=True, inline="always")
 def minute_of(t):
-    """The minute bin of server time t: int(t // 60.0), as gpusim.timebins.minute_of."""
+    """The minute bin of server time t: int(t // 60.0), as gpusim.timebins.minute_of.
+
+    Python's t // 60.0 is the exact floor of t / 60 (it goes through fmod, exact); numba does
+    the same through a call to a C fmod, 10% of the event loop's time. The rounded quotient's
+    floor is that floor or one more (rounding is monotonic, and bins are exact floats), and
+    q * 60.0 > t tells which, exactly; so the two agree to the bit. Huge, infinite or NaN
+    times take Python's own path."""
+    if abs(t) < _EXACT_BINS:
+        q = math.floor(t / MINUTE_S)
+        if q * MINUTE_S > t:
+            q -= 1.0
+        return int(q)
     return int(t // MINUTE_S)

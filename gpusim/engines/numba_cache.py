@@ -4,23 +4,28 @@ Before it looks in its cache, numba refreshes its CPU target context (numba.core
 Cache.load_overload): it imports and installs every typing and lowering registry numba has
 (dicts, lists, jitclass, datetime, unicode, ...). Compiling needs them; code loaded from the
 cache is already lowered and linked, and only needs numba's runtime (NRT: the array allocator
-it calls) to be set up. On a 2-core machine the refresh is about 0.3 s of the 0.4 s the load
-takes, in every CLI run of the compiled engine. Numba's own developers tried the same cut
-(numba/numba pull request #9806: refresh on a cache hit only for object mode or parallel code;
-the engine is neither).
+it calls) to be set up; not even numba.np.arraymath (0.025 s: numba's NumPy implementations
+beyond those the cached code's own modules import). On a 2-core machine the refresh is about
+0.3 s of the 0.4 s the load takes, in every CLI run of the compiled engine. Numba's own
+developers tried the same cut (numba/numba pull request #9806: refresh on a cache hit only for
+object mode or parallel code; the engine is neither).
 
 `load_cached(dispatcher, sig)` is `dispatcher.compile(sig)` with that first refresh replaced
 by the runtime's set-up alone. Only the cache's own refresh call is replaced: on a cache miss
 numba's compiler refreshes the context itself (numba.core.compiler, CompilerBase), fully, as
-always, and any later compile in the process does too. The swap is made under numba's
-compiler lock, so no other thread's compile can meet it. If numba's internals are not what
-this expects, it is a plain `dispatcher.compile(sig)`. tests/test_rng_and_start.py runs the
-engine after a cached load and then compiles new code in the same process.
+always, after importing numba's NumPy support without its scipy.linalg probe
+(gpusim.engines.numba_start), and any later compile in the process refreshes as numba does.
+The swap is made under numba's compiler lock, so no other thread's compile can meet it. If
+numba's internals are not what this expects, it is a plain `dispatcher.compile(sig)`.
+tests/test_numba_cache.py loads cached code, runs it, and then compiles new code in the same
+process.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from gpusim.engines.numba_start import load_numpy_support
 
 
 def load_cached(dispatcher: Any, sig: tuple[Any, ...]) -> None:
@@ -34,12 +39,18 @@ def load_cached(dispatcher: Any, sig: tuple[Any, ...]) -> None:
                 or not callable(getattr(rtsys, "initialize", None)):
             raise AttributeError("refresh")
     except (ImportError, AttributeError, TypeError):
+        load_numpy_support()
         dispatcher.compile(sig)
         return
 
     def runtime_only() -> None:
-        del ctx.refresh  # once: every later refresh (a compile on a miss) is numba's own
+        ctx.refresh = before_compile  # once; a miss then compiles, and refreshes first
         rtsys.initialize(ctx)
+
+    def before_compile() -> None:
+        del ctx.refresh  # once: every later refresh is numba's own
+        load_numpy_support()  # what a compile needs, without numba's scipy.linalg probe
+        type(ctx).refresh(ctx)
 
     with global_compiler_lock:  # reentrant; compile takes it too
         ctx.refresh = runtime_only

@@ -1,14 +1,16 @@
 """Start numba without paying for a probe the engine does not need.
 
-When numba first loads compiled code it imports its NumPy implementations, and one of them
+Before numba compiles anything it imports its NumPy implementations, and one of them
 (numba.np.arraymath) imports scipy.linalg at import time only to learn whether BLAS is there for
-np.dot and friends. On a 2-core machine that import is 0.3 to 0.5 s of a CLI run that otherwise
-takes about two seconds, and the compiled engine uses no linear algebra.
+np.dot and friends. On a 2-core machine that import is 0.3 to 0.5 s, and the compiled engine uses
+no linear algebra. (Loading the engine's machine code from numba's cache needs neither:
+gpusim.engines.numba_cache calls this only when it has to compile.)
 
 `load_numpy_support` imports that module with the probe answered "no BLAS", then sets numba's
 answer back to "yes", which is true (scipy is a dependency of gpusim): anything compiled later
 that does use BLAS imports scipy.linalg then, through numba's own ensure_blas, exactly as it would
-have. Nothing else changes; tests/test_rng.py compiles an np.dot afterwards to show it.
+have. Nothing else changes; tests/test_rng_and_start.py compiles an np.dot afterwards to show
+it.
 """
 
 from __future__ import annotations

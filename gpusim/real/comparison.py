@@ -6,8 +6,11 @@ Intervals. With the trace's regeneration cycles (``cycles``, `gpusim.real.cycles
 `validate` passes), every per-task row (success rate, timeout rate, mean wait, attempts, GET,
 SET) totals each cycle, averages over the runs (CRN pairs: real run r and simulated replication
 r shared their jitter draws; the first min(runs, seeds) of each) and is judged by
-`gpusim.stats.ratio_error_interval`, a delta-method t interval of the ratio of sums over the
-cycles with Satterthwaite's effective degrees of freedom; the wait percentiles by a bootstrap
+`gpusim.stats.signflip_ratio_interval` when both sides have as many runs (the paired case:
+each cycle's two totals are exchangeable under a right model, so the sign-flip test it
+inverts is exact), else by `gpusim.stats.ratio_error_interval`, a delta-method t interval of
+the ratio of sums over the cycles with Satterthwaite's effective degrees of freedom (also the
+yardstick of the run-effect check); the wait percentiles by a bootstrap
 of whole cycles (`gpusim.stats.cluster_percentile_interval`). Rows that are one number per run
 (EVAL, PUBLISH, DEL, Redis CPU) are judged over runs (`gpusim.stats.paired_interval`, or
 `welch_interval` for independent samples). Without cycles (synthetic inputs) every row is
@@ -15,7 +18,8 @@ judged over runs.
 
 Verdict rule (`gpusim.stats.verdict`, an equivalence test): PASS when the whole 95% interval
 lies inside [-tol, +tol]; FAIL when it lies wholly outside; INCONCLUSIVE when it straddles an
-edge, or rests on fewer than `gpusim.stats.MIN_EFFECTIVE_DF` effective degrees of freedom. The
+edge, or (t intervals) rests on fewer than `gpusim.stats.MIN_EFFECTIVE_DF` effective degrees
+of freedom, or (sign-flip) too few cycles differ to bound it. The
 comparison's verdict (`Comparison.verdict`): FAIL if any judged row FAILs, PASS if every judged
 row PASSes, else INCONCLUSIVE.
 
@@ -284,7 +288,7 @@ def _known(real: np.ndarray, sim: np.ndarray) -> np.ndarray:
 def _cycle_row(name: str, label: str, kind: str, real: np.ndarray, sim: np.ndarray,
                cycles: np.ndarray, tol: float | None) -> MetricRow:
     """One row from (runs x tasks) values: per-cycle totals of the per-task means over runs,
-    judged by `gpusim.stats.ratio_error_interval`."""
+    judged by the sign-flip interval when the sides have as many runs, else the t interval."""
     m = _known(real, sim)
     if not m.any():
         return MetricRow(name, label, kind, None, None, None, None, None, None, None, None,
@@ -296,9 +300,9 @@ def _cycle_row(name: str, label: str, kind: str, real: np.ndarray, sim: np.ndarr
     def per_cycle(v: np.ndarray) -> np.ndarray:
         return np.bincount(cyc, weights=v, minlength=k)
 
-    (err, lo, hi, note), df = st.ratio_error_interval_df(per_cycle(s.mean(axis=0)),
-                                                         per_cycle(r.mean(axis=0)), kind,
-                                                         per_cycle(np.ones(r.shape[1])))
+    x, y, n = per_cycle(s.mean(axis=0)), per_cycle(r.mean(axis=0)), per_cycle(np.ones(r.shape[1]))
+    (err, lo, hi, note), df = st.ratio_error_interval_df(x, y, kind, n)
+    runs = None
     if r.shape[0] == s.shape[0] >= 2:  # paired runs: a whole-run effect the cycles miss?
         tr, ts = r.sum(axis=1), s.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -306,6 +310,11 @@ def _cycle_row(name: str, label: str, kind: str, real: np.ndarray, sim: np.ndarr
         runs = st.run_effect_check(per_run_err, (err, lo, hi, note), df)
         if runs is not None:
             (err, lo, hi, note), df = runs
+    if r.shape[0] == s.shape[0] and runs is None and math.isfinite(lo) and math.isfinite(hi):
+        # as many runs as twins: each cycle's two sides are exchangeable under a right model,
+        # so the exact sign-flip interval replaces the t (its df rule no longer applies)
+        err, lo, hi, note = st.signflip_ratio_interval(x, y, kind, n, scale=(hi - lo) / 2)
+        df = math.inf
     per_run = (lambda v: v.sum(axis=1)) if name in TOTALS else (lambda v: v.mean(axis=1))
     verdict, equiv = st.verdict(lo, hi, tol, df)
     if tol is not None and df < st.MIN_EFFECTIVE_DF and not math.isnan(lo):
