@@ -87,16 +87,22 @@ def test_mutual_exclusion(redis_server, key, event):
         assert mechs <= {"immediate", "polling"} and "polling" in mechs
 
 
-def test_backoff_sequence_and_loop_test_with_known_uniforms(redis_server, key):
-    """x1.5 before the first sleep, jitter 0.8+0.4u, loop test before each attempt."""
-    redis_server.client().set(key, "locked_by_other")
-    now = [0.0]
-    slept = []
+def _fake_time(start: float = 0.0):
+    """A clock that moves only when the client sleeps: (now, sleeps asked for, sleep)."""
+    now: list[float] = [start]
+    slept: list[float] = []
 
-    def sleep(s):
+    def sleep(s: float) -> None:
         slept.append(s)
         now[0] += s
 
+    return now, slept, sleep
+
+
+def test_backoff_sequence_and_loop_test_with_known_uniforms(redis_server, key):
+    """x1.5 before the first sleep, jitter 0.8+0.4u, loop test before each attempt."""
+    redis_server.client().set(key, "locked_by_other")
+    now, slept, sleep = _fake_time()
     params = LockParams(poll_interval=1.0, max_poll_interval=5.0, max_wait_time=10.0,
                         use_event_driven=False, lock_timeout=60)
     with LockClient(redis_server.url, params, uniforms=iter([0.5] * 10),
@@ -117,13 +123,7 @@ def test_backoff_sequence_and_loop_test_with_known_uniforms(redis_server, key):
 
 def test_no_backoff_sleeps_poll_interval(redis_server, key):
     redis_server.client().set(key, "locked_by_other")
-    now = [0.0]
-    slept = []
-
-    def sleep(s):
-        slept.append(s)
-        now[0] += s
-
+    now, slept, sleep = _fake_time()
     params = LockParams(poll_interval=2.0, max_wait_time=5.0, exponential_backoff=False,
                         use_event_driven=False)
     with LockClient(redis_server.url, params, clock=lambda: now[0], sleep=sleep) as c:
@@ -150,12 +150,8 @@ def test_paced_polls_keep_the_model_schedule_whatever_a_get_costs(redis_server, 
     GET that costs 3 ms instead of the paced 1 ms shifts nothing; YiVideo's own loop sleeps
     after the reply, so each poll drifts by the GET's cost (the model charges one rtt)."""
     redis_server.client().set(key, "locked_by_other")
-    now, at, slept = [100.0], [], []
-
-    def sleep(s):
-        slept.append(s)
-        now[0] += s
-
+    now, _, sleep = _fake_time(100.0)
+    at: list[float] = []
     params = LockParams(poll_interval=1.0, max_poll_interval=5.0, max_wait_time=10.0,
                         use_event_driven=False, lock_timeout=60)
     with LockClient(redis_server.url, params, uniforms=iter([0.5] * 10),
