@@ -286,7 +286,7 @@ def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: s
     residuals bound the ratio, and a t quantile on ~2 df (4.3) made the interval about 1.5
     times wider than its coverage needs (bench/bench_validate.py). ``scale``: a width to
     search around the estimate (the t interval's half-width). Sign vectors from ``seed``:
-    same inputs, same interval. NaN bounds when the units cannot exclude a ratio within 64
+    same inputs, same interval. NaN bounds when the units cannot exclude a ratio within 128
     times ``scale`` (too few units that differ)."""
     s = np.asarray(sim, dtype=float)
     r = np.asarray(real, dtype=float)

@@ -27,9 +27,9 @@ time (~0.1 ms a poll on the 2-core VM) is part of its period; at 1x that is noth
 sleeps, but compressed 100x it is 100x larger against the sleeps, it adds up over hundreds of
 polls, and the replay's poll phases drift ~1-2 s of trace time from the model's, so every later
 race after a release is decided differently on the two sides. Measured on the reference trace
-(337 tasks, 100x): unpaced, 42-46% of tasks waited within 0.5 trace-s of their simulated twin; paced
-with a back-to-back round trip, 57-69%; paced with the round trip of a GET sent after a sleep
-(what a replay's tries are; about 0.5 ms against 0.12 ms back to back), 77%.
+(337 tasks, 100x): unpaced, 42-46% of tasks waited within 0.5 trace-s of their simulated twin;
+paced with a back-to-back round trip, 57-69%; paced with the round trip of a command sent after
+a sleep (what a replay's tries are; about 0.5 ms against 0.12 ms back to back), 77%.
 
 Timing accuracy is measured, not assumed: each run reports the start lateness (actual start of
 acquisition minus its scheduled time), the overshoot of every polling sleep and of every hold,
