@@ -236,7 +236,7 @@ SIGN_FLIPS = 4000
 
 
 def _accepted(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
-              rs: np.ndarray) -> np.ndarray:
+              rs: np.ndarray | float) -> np.ndarray:
     """For each candidate ratio in ``rs``: is its sign-flip p-value above 5%? ``a``, ``b``: the
     flipped sums of ``x`` and ``y`` (one per sign vector)."""
     rs = np.atleast_1d(rs)
@@ -265,7 +265,7 @@ def _edge(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, inside: fl
     (bisection, to 1e-6 of their distance)."""
     for _ in range(20):
         mid = 0.5 * (inside + outside)
-        if _accepted(x, y, a, b, np.array([mid]))[0]:
+        if _accepted(x, y, a, b, mid)[0]:
             inside = mid
         else:
             outside = mid
@@ -303,10 +303,9 @@ def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: s
     half = max(float(scale), 1e-9 * max(abs(est), 1.0))
     for _ in range(7):  # widen the search until both ends are inside it
         rs = est + np.linspace(-2 * half, 2 * half, 201)
+        rs[100] = est  # its statistic is 0, so the estimate is always kept
         ok = _accepted(x, y, a, b, rs)
         if not ok[0] and not ok[-1]:
-            if not ok.any():  # narrower than the grid: the estimate alone
-                return est - shift, est - shift, est - shift, note
             i, j = int(np.argmax(ok)), len(ok) - 1 - int(np.argmax(ok[::-1]))
             lo = _edge(x, y, a, b, float(rs[i]), float(rs[i - 1]))
             hi = _edge(x, y, a, b, float(rs[j]), float(rs[j + 1]))

@@ -98,23 +98,16 @@ def test_cycles_cut_where_the_key_is_surely_free():
 # ------------------------------------------------------------------------------------------
 # sim against sim
 # ------------------------------------------------------------------------------------------
-_PAIRS: dict[int, tuple[TaskOutcomes, TaskOutcomes]] = {}
+@pytest.fixture(scope="module")
+def self_pairs(small):
+    """150 replications of the model under two independent seeds (made once per module)."""
+    tr, _, vc, _ = small
+    return tuple(TaskOutcomes.from_records(
+        [r.records for r in simulate(tr, POLLING, vc, seed=seed, replications=150).replications],
+        len(tr)) for seed in (11, 12))
 
 
-def _self_pairs(small):
-    """150 replications of the model under two independent seeds (made once per session)."""
-    if id(small) not in _PAIRS:
-        tr, _, vc, _ = small
-        a = simulate(tr, POLLING, vc, seed=11, replications=150)
-        b = simulate(tr, POLLING, vc, seed=12, replications=150)
-        _PAIRS[id(small)] = (TaskOutcomes.from_records([r.records for r in a.replications],
-                                                       len(tr)),
-                             TaskOutcomes.from_records([r.records for r in b.replications],
-                                                       len(tr)))
-    return _PAIRS[id(small)]
-
-
-def test_cycle_intervals_cover_the_truth(small):
+def test_cycle_intervals_cover_the_truth(small, self_pairs):
     """A model against itself with independent seeds (the truth: no error): the mean-wait and
     GET intervals must cover 0 in about 95% of 150 trials. Measured: 99.5% here (400 trials)
     and 94.3% on the 4-GPU reference trace (300 trials of 3 runs a side; its few long busy
@@ -123,8 +116,8 @@ def test_cycle_intervals_cover_the_truth(small):
     probability P(Bin(150, 0.05) >= 16) = 0.2% (seeded here, so deterministic). The mean
     half-width is bounded too (at most 6 sd of the errors; measured 3.2-4), so an interval
     cannot pass by being arbitrarily wide."""
-    tr, _, vc, cyc = small
-    oa, ob = _self_pairs(small)
+    cyc = small[3]
+    oa, ob = self_pairs
     n = 150
     tasks = np.bincount(cyc)
     for field in ("wait_s", "gets"):
@@ -161,15 +154,15 @@ def test_signflip_interval_on_known_cases():
     assert err == 0.0 and np.isnan(lo) and np.isnan(hi) and "too few" in note
 
 
-def test_signflip_intervals_cover_the_truth(small):
+def test_signflip_intervals_cover_the_truth(small, self_pairs):
     """The interval a paired comparison now uses (gpusim.stats.signflip_ratio_interval): a
     model against itself with independent seeds, one run a side, so each cycle's two totals
     are exchangeable and the test it inverts is exact (up to its 4,000 random flips). Over 150
     trials coverage must be >= 0.90: were it 0.95, that fails by chance with probability
     P(Bin(150, 0.05) >= 16) = 0.2% (seeded here, so deterministic). The mean half-width is
     bounded by 6 sd of the errors, so it cannot pass by being arbitrarily wide."""
-    tr, _, vc, cyc = small
-    oa, ob = _self_pairs(small)
+    cyc = small[3]
+    oa, ob = self_pairs
     n = 150
     for field in ("wait_s", "gets"):
         res = []
