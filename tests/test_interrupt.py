@@ -162,3 +162,49 @@ def test_api_raises_keyboard_interrupt_and_leaves_no_thread():
     sender.join()
     assert time.monotonic() - t0 < 60
     assert not any(t.name == "gpusim-fast-engine" for t in threading.enumerate())
+
+
+def _lanes_running(family: list[int], count: int) -> bool:
+    """At least `count` of these processes are lanes (multiprocessing's spawned interpreters)."""
+    found = 0
+    for pid in family:
+        try:
+            found += b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+    return found >= count
+
+
+@pytest.mark.redis
+def test_ctrl_c_during_lanes(tmp_path):
+    """`gpusim validate --lanes 2`: a terminal's Ctrl-C (SIGINT to the whole group, the lanes
+    included) ends in one line and exit 130, and no lane and no redis-server outlives it. The
+    signal follows the lanes' start by 1.5 s: they replay for ~8 s (40 tasks at 10x), so it
+    lands in the replay; the waits for them are a minute long for what takes ~1 s."""
+    trace, cfg = tmp_path / "t.jsonl", tmp_path / "c.yml"
+    trace.write_text("".join(
+        f'{{"task_id": "t{i}", "task_type": "ocr", "arrival_s": {2.0 * i}, "duration_s": 3}}\n'
+        for i in range(40)))
+    cfg.write_text("gpu_lock:\n  poll_interval: 0.5\n  max_poll_interval: 2\n"
+                   "  max_wait_time: 600\n  lock_timeout: 600\n")
+    out = tmp_path / "o.json"
+    proc = _gpusim("validate", str(trace), "-c", str(cfg), "--time-scale", "10", "--lanes", "2",
+                   "--runs", "2", "--no-calibrate", "--json", str(out))
+    deadline = time.monotonic() + 60
+    while not _lanes_running(_family(proc.pid), 2):
+        assert proc.poll() is None, f"ended before the lanes ran: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the lanes never started"
+        time.sleep(0.02)
+    time.sleep(1.5)
+    family = _family(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, stderr[-2000:])
+    lines = [ln for ln in stderr.strip().splitlines() if "interrupted" in ln]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert not out.exists()
+    deadline = time.monotonic() + 30
+    while not all(_gone(p) for p in family):
+        assert time.monotonic() < deadline, "a lane or a redis-server is still running"
+        time.sleep(0.05)
+

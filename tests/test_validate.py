@@ -282,6 +282,65 @@ def test_redis_dying_mid_run_saves_partial_results(tmp_path):
     assert len(doc["runs"][-1]["records"]) < 20
 
 
+@pytest.mark.redis
+def test_lanes_replay_runs_side_by_side_each_against_its_own_server():
+    """Two runs in two lanes (processes, each with a private redis-server): runs 0 and 1, every
+    task of each, one holder at a time, and each run's INFO counters are its own (one shared
+    server would count both runs' PUBLISHes); one round trip, the lanes' median, paces both."""
+    tr = _trace(8, 1.0, seed=11)
+    cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60,
+                        lock_timeout=600, use_event_driven=False)
+    res = run_real(tr, cfg, time_scale=50, runs=2, lanes=2, idle_window_s=0.1)
+    assert [r.run for r in res.runs] == [0, 1] and not res.partial
+    for run in res.runs:
+        assert len(run.records) == 8 and all(r.outcome == "acquired" for r in run.records)
+        spans = sorted((r.acquired_s, r.gpu_end_s) for r in run.records)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+        cs, cl = run.commandstats, run.client_commands
+        assert cs["PUBLISH"] == cl["PUBLISH"] == 8 and cs["SET"] == cl["SET"]
+        assert cs["GET"] == cl["GET"] + cl["EVAL"]
+    rtts = res.inputs["pace_rtt_s_by_lane"]
+    assert res.inputs["lanes"] == 2 and len(rtts) == 2
+    assert res.inputs["pace_rtt_s"] == pytest.approx(float(np.median(rtts)))
+
+
+@pytest.mark.redis
+def test_a_lanes_redis_dying_saves_the_other_lanes_runs(tmp_path, monkeypatch):
+    """Lane 1's redis-server is killed 1.5 s after the lanes are launched (a lane's interpreter
+    starts in ~0.5 s; its 20 tasks arrive over ~4 s at 10x): lane 0's run completes and is
+    kept, the failure ends the replay with the partial results saved."""
+    started: list[PrivateRedis] = []
+    real_start = PrivateRedis.start
+
+    def start(self):
+        started.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(PrivateRedis, "start", start)
+    tr = _trace(20, 2.0, seed=12)
+    cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60,
+                        lock_timeout=600, use_event_driven=True)
+    killer = threading.Timer(1.5, lambda: started[1].kill())
+
+    def progress(msg):
+        if msg.startswith("real runs 1-2 in 2 lanes"):
+            killer.start()
+
+    try:
+        with pytest.raises(RedisDiedDuringRun) as info:
+            run_real(tr, cfg, time_scale=10, runs=2, lanes=2, idle_window_s=0.1,
+                     partial_path=tmp_path / "out.json", progress=progress)
+    finally:
+        killer.join()
+    err = info.value
+    complete = [r for r in err.partial.runs if not r.partial]
+    assert [r.run for r in complete] == [0] and len(complete[0].records) == 20
+    assert err.partial.partial and err.saved_to is not None
+    doc = json.loads(err.saved_to.read_text())
+    assert doc["partial"] is True and doc["inputs"]["lanes"] == 2
+    assert not any(s.alive for s in started)  # the parent stopped every lane's server
+
+
 def test_hold_cuda_without_cuda_is_skipped_clearly():
     try:
         import torch  # noqa: F401
@@ -296,7 +355,8 @@ def test_hold_cuda_without_cuda_is_skipped_clearly():
 
 def test_bad_arguments_are_input_errors():
     tr = _trace(2, 1.0, seed=1)
-    for kw in ({"time_scale": 0}, {"runs": 0}, {"hold": "gpu"}):
+    for kw in ({"time_scale": 0}, {"runs": 0}, {"hold": "gpu"}, {"lanes": 0},
+               {"lanes": 3, "runs": 2}, {"lanes": 2, "runs": 2}):  # the last: a given Redis
         with pytest.raises(InputError):
             run_real(tr, GpuLockConfig(), redis_url="redis://127.0.0.1:1/0", **kw)
 
@@ -533,6 +593,26 @@ def test_cli_validate_exit_code_follows_the_verdict(app, tmp_path, monkeypatch, 
         assert "too little data" in res.output
         assert "GET +0.0% ±40.0% (tolerance ±5%)" in res.output
         assert "--runs 128 " in res.output  # (0.40 / 0.05)^2 = 64 x 2 runs
+
+
+@pytest.mark.parametrize("args,runs,seeds,lanes", [
+    ([], 6, 10, 2),                              # one lane per core (2 here), 3 runs a lane
+    (["--redis-url", "redis://h:1/0"], 3, 10, 1),  # a given Redis: one run at a time
+    (["--reference"], 3, 10, 1),                 # so with a control load
+    (["--lanes", "4"], 12, 12, 4),               # seeds: as many as runs, to pair every run
+    (["--runs", "1"], 1, 10, 1),                 # at most one lane per run
+    (["--runs", "5", "--seeds", "7"], 5, 7, 2),  # given values are kept as given
+], ids=["defaults", "redis-url", "reference", "lanes4", "runs1", "given"])
+def test_cli_validate_defaults_runs_seeds_and_lanes(app, tmp_path, monkeypatch, args, runs,
+                                                    seeds, lanes):
+    from gpusim.real import lanes as lanes_mod
+    monkeypatch.setattr(lanes_mod, "default_lanes", lambda: 2)
+    tr, cfg = _files(tmp_path)
+    calls: list = []
+    _fake_validation(monkeypatch, {"GET": "PASS"}, calls)
+    res = CliRunner().invoke(app, ["validate", str(tr), "--config", str(cfg), *args])
+    assert res.exit_code == 0, res.output
+    assert (calls[0]["runs"], calls[0]["seeds"], calls[0]["lanes"]) == (runs, seeds, lanes)
 
 
 def test_cli_validate_bad_json_path_fails_before_the_run(app, tmp_path, monkeypatch):

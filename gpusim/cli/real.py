@@ -39,6 +39,21 @@ ObservedOpt = Annotated[bool, typer.Option(
 ToleranceOpt = Annotated[Optional[list[str]], typer.Option(
     "--tolerance", help="ROW=VALUE (e.g. wait_p95_s=0.2, redis_cpu_s=0.25) or ROW=none to "
                         "report without judging; repeatable")]
+RUNS_PER_LANE = 3  # the default --runs: three rounds of --lanes runs
+PaceOpt = Annotated[bool, typer.Option(
+    "--pace/--no-pace",
+    help="keep the real clients' tries on the model's schedule (a round trip measured before the "
+         "runs per command, then the drawn sleep); --no-pace runs YiVideo's loop as is, whose "
+         "~0.1 ms of client time a poll the time scale magnifies")]
+RunsOpt = Annotated[Optional[int], typer.Option(
+    "--runs", help="real replays", show_default=f"{RUNS_PER_LANE} a lane")]
+SeedsOpt = Annotated[Optional[int], typer.Option(
+    "--seeds", help="simulated replications", show_default="10, or --runs if more")]
+LanesOpt = Annotated[Optional[int], typer.Option(
+    "--lanes", help="real replays side by side, each in a process of its own against a private "
+                    "redis-server of its own", show_default="one per CPU core (at most 8); 1 "
+                                                            "with --redis-url, --reference or "
+                                                            "--yivideo-log")]
 VERDICT_EXIT = {"PASS": ExitCode.OK, "FAIL": ExitCode.FAIL, "INCONCLUSIVE": ExitCode.INCONCLUSIVE}
 COLORS = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow"}
 
@@ -100,10 +115,24 @@ def _check_outputs(*paths: Path | None) -> None:
         raise bad_input(e)
 
 
-def _check_options(runs: int, seeds: int, hold: str, time_scale: float,
-                   json_out: Path | None) -> None:
-    if runs < 1 or seeds < 1:
-        raise fail("--runs and --seeds must be >= 1", ExitCode.BAD_INPUT)
+def _counts(runs: int | None, seeds: int | None, lanes: int | None, *, one_at_a_time: bool
+            ) -> tuple[int, int, int]:
+    """(runs, seeds, lanes) with their defaults: one lane per usable core (gpusim.real.lanes)
+    unless a given Redis, a control load or a YiVideo log needs one run at a time; three runs
+    a lane; at least as many seeds as runs (each run is paired with its simulated twin)."""
+    from gpusim.real.lanes import default_lanes
+
+    for name, v in (("--runs", runs), ("--seeds", seeds), ("--lanes", lanes)):
+        if v is not None and v < 1:
+            raise fail(f"{name} must be >= 1", ExitCode.BAD_INPUT)
+    if lanes is None:
+        lanes = 1 if one_at_a_time else min(default_lanes(), runs or default_lanes())
+    if runs is None:
+        runs = RUNS_PER_LANE * lanes
+    return runs, (seeds if seeds is not None else max(10, runs)), lanes
+
+
+def _check_options(hold: str, time_scale: float, json_out: Path | None) -> None:
     if hold not in ("sleep", "cuda"):
         raise fail("--hold must be 'sleep' or 'cuda'", ExitCode.BAD_INPUT)
     if not (time_scale > 0):
@@ -133,6 +162,7 @@ def _changes(config_change: list[str], schedule: Path | None) -> list[Any]:
 
 def _run(tr: Any, settings: Any, cl: Any, partial: Path, **kw: Any) -> tuple[Any, Any, Any, Any]:
     """The validation, its failures mapped to exit codes."""
+    from gpusim.real.lanes import LaneFailed
     from gpusim.real.replay import CudaUnavailable, RedisDiedDuringRun, RedisUnavailable
     from gpusim.real.validate import validate as run_validation
 
@@ -148,7 +178,7 @@ def _run(tr: Any, settings: Any, cl: Any, partial: Path, **kw: Any) -> tuple[Any
         raise typer.Exit(int(ExitCode.INCONCLUSIVE))
     except RedisUnavailable as e:
         raise fail(str(e), ExitCode.BAD_INPUT)
-    except RedisDiedDuringRun as e:
+    except (RedisDiedDuringRun, LaneFailed) as e:
         raise fail(str(e), ExitCode.FAIL)
     except InputError as e:
         raise bad_input(e)
@@ -269,10 +299,11 @@ def validate(
         "--redis-url", help="Redis to replay against; default: a private redis-server")] = None,
     time_scale: Annotated[float, typer.Option(
         "--time-scale", help="divide trace and config times by this factor")] = 1.0,
-    runs: Annotated[int, typer.Option("--runs", help="real replays")] = 3,
+    runs: RunsOpt = None,
     hold: Annotated[str, typer.Option(
         "--hold", help="sleep | cuda (real matmul loop; without CUDA: skipped, exit 3)")] = "sleep",
-    seeds: Annotated[int, typer.Option("--seeds", help="simulated replications")] = 10,
+    seeds: SeedsOpt = None,
+    lanes: LanesOpt = None,
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", "-o", help="write results here (checked before the run; written before the table)")
     ] = None,
@@ -298,11 +329,7 @@ def validate(
     tolerance: ToleranceOpt = None,
     config_change: ConfigChangeOpt = [],
     schedule: ScheduleOpt = None,
-    pace: Annotated[bool, typer.Option(
-        "--pace/--no-pace",
-        help="keep the real clients' tries on the model's schedule (a round trip measured "
-             "before the runs per command, then the drawn sleep); --no-pace runs YiVideo's "
-             "loop as is, whose ~0.1 ms of client time a poll the time scale magnifies")] = True,
+    pace: PaceOpt = True,
 ) -> None:
     """Replay a trace against a real Redis, simulate it, and judge the model.
 
@@ -311,7 +338,9 @@ def validate(
     Exit codes: 0 PASS, 1 FAIL (or Redis died mid-run), 2 bad input, 3 INCONCLUSIVE or
     --hold cuda skipped without CUDA, 130 interrupted.
     """
-    _check_options(runs, seeds, hold, time_scale, json_out)
+    runs, seeds, lanes = _counts(runs, seeds, lanes, one_at_a_time=bool(
+        redis_url is not None or reference or yivideo_log is not None or observed))
+    _check_options(hold, time_scale, json_out)
     tol = _parse_tolerances(tolerance)
     if observed:
         if config_change or schedule is not None:  # the record already ran under its configs
@@ -332,7 +361,7 @@ def validate(
                                 time_scale=time_scale, runs=runs, seeds=seeds, seed=seed,
                                 hold=hold, calibrate=calibrate, reference=reference,
                                 yivideo_log=yivideo_log, tolerances=tol, changes=changes,
-                                pace=pace)
+                                pace=pace, lanes=lanes)
     if json_out is not None:  # results first: a closed stdout must not lose them
         _write_json(json_out, cmp_, real, sim, cal)
     if outcomes is not None:

@@ -194,18 +194,20 @@ def _sim_cpu_by_replication(sim: Any, per_run_extra: list[float], cpu_us: dict[s
 def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: bool,
                reference: bool | None, time_scale: float, runs: int, hold: str, cluster: Any,
                seed: int, partial_path: Any, progress: Callable[[str], None] | None,
-               yivideo_log: str | Path | None = None, changes: Any = (), pace: bool = True
+               yivideo_log: str | Path | None = None, changes: Any = (), pace: bool = True,
+               lanes: int = 1
                ) -> tuple[RealResult, float, dict[str, Any] | None, tuple[int, int], bool]:
     """Steps 1-3: (real result, the model's rtt, calibration, (commands, wake-ups) predicted,
     whether a control load ran). Every server this starts is stopped before it returns."""
     from gpusim.real.server import PrivateRedis
 
     owned = ref_srv = ref_load = None
+    given_url = redis_url  # lanes replay on servers of their own; a given one is refused there
     if redis_url is None:
         owned = PrivateRedis().start()
         redis_url = owned.url
-    if reference is None:
-        reference = bool(calibrate) and _is_loopback(redis_url)
+    if reference is None:  # a control load runs beside one run at a time (gpusim.real.lanes)
+        reference = bool(calibrate) and _is_loopback(redis_url) and lanes == 1
     try:
         n_cmds = n_wake = 0
         gap = wake_gap = None
@@ -214,10 +216,10 @@ def _real_side(trace: Any, settings: Any, redis_url: str | None, *, calibrate: b
                                                           time_scale)
         if reference and gap:
             ref_srv, ref_load = _start_reference(gap, len(trace), seed, n_cmds, n_wake)
-        real = run_real(trace, settings, redis_url=redis_url, time_scale=time_scale, runs=runs,
-                        hold=hold, cluster=cluster, seed=seed, partial_path=partial_path,
-                        reference=ref_load, progress=progress, yivideo_log=yivideo_log,
-                        changes=changes, pace=pace)
+        real = run_real(trace, settings, redis_url=redis_url if lanes == 1 else given_url,
+                        time_scale=time_scale, runs=runs, hold=hold, cluster=cluster, seed=seed,
+                        partial_path=partial_path, reference=ref_load, progress=progress,
+                        yivideo_log=yivideo_log, changes=changes, pace=pace, lanes=lanes)
         rtt = float(np.median([r.get_rtt_p50_s for r in real.runs if r.get_rtt_p50_s > 0]
                               or [0]))
         # the model charges the round trip the paced clients kept their schedule with
@@ -266,8 +268,8 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
              tolerances: Mapping[str, float | None] | None = None,
              partial_path: str | Path | None = None, paired: bool = True,
              reference: bool | None = None, progress: Callable[[str], None] | None = None,
-             yivideo_log: str | Path | None = None, changes: Any = (), pace: bool = True
-             ) -> tuple[Comparison, RealResult, Any, dict[str, Any] | None]:
+             yivideo_log: str | Path | None = None, changes: Any = (), pace: bool = True,
+             lanes: int = 1) -> tuple[Comparison, RealResult, Any, dict[str, Any] | None]:
     """Real replay + simulation + comparison. Returns (comparison, real, sim, calibration).
 
     With no cluster file (``calibrate`` None -> True), the Redis model is calibrated on the same
@@ -282,6 +284,9 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
     ``comparison.verdict`` is PASS, FAIL or INCONCLUSIVE (`gpusim.real.comparison`).
     ``pace`` (`run_real`): the real clients keep the model's schedule, and the model's round
     trip is the one they kept it with (``real.inputs["pace_rtt_s"]``).
+    ``lanes`` (`run_real`): runs replayed side by side, each against a private redis-server of
+    its own; with more than one, no control load runs (``reference`` None means off) and the
+    Redis calibration, if any, is made on a server of its own after the runs.
     """
     from gpusim.simulation import simulate
 
@@ -291,7 +296,7 @@ def validate(trace: Any, settings: GpuLockConfig | LockSettings, *, redis_url: s
         trace, settings, redis_url, calibrate=calibrate, reference=reference,
         time_scale=time_scale, runs=runs, hold=hold, cluster=cluster, seed=seed,
         partial_path=partial_path, progress=progress, yivideo_log=yivideo_log, changes=changes,
-        pace=pace)
+        pace=pace, lanes=lanes)
     cpu_us = per_run_extra = None
     if cal:
         cpu_us, per_run_extra = _validation_costs(cal, real, with_ref, n_cmds, n_wake)
