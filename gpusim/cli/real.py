@@ -316,7 +316,8 @@ def validate(
     reference: Annotated[Optional[bool], typer.Option(
         "--reference/--no-reference",
         help="run a CPU control load on a second private redis-server during each run; "
-             "default: when calibrating a Redis on this host")] = None,
+             "default: when calibrating a Redis on this host one run at a time (--lanes 1)")
+    ] = None,
     outcomes: Annotated[Optional[Path], typer.Option(
         "--outcomes", help="write each real run's per-task outcomes as an observed trace "
                            "(wait_s, outcome, attempts, config_digest); with --runs N > 1: "
