@@ -79,3 +79,62 @@ def test_a_cache_miss_compiles_then_a_hit_loads_without_the_refresh(tmp_path):
         assert run["out"] == expected and run["s"] == 11.0
         assert not run["patched_left"]  # numba's own refresh is back for later compiles
         assert run["dict_count"] == 3  # and numba compiles new code after the load
+
+
+HELPER = textwrap.dedent("""
+    from numba import njit
+
+    @njit(cache=True, inline="always")
+    def scale(x):
+        return x * FACTOR
+""")
+
+CALLER = textwrap.dedent("""
+    from numba import njit
+    from tinyhelper import scale
+
+    @njit(cache=True)
+    def total(n):
+        s = 0.0
+        for i in range(n):
+            s += scale(float(i))
+        return s
+""")
+
+STALE_CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import numba
+    sys.path.insert(0, sys.argv[1])
+    import tinycaller, tinyhelper
+    from gpusim.engines.numba_cache import drop_stale
+    dropped = None
+    if sys.argv[2] == "check":
+        dropped = drop_stale(tinycaller.total, [Path(tinycaller.__file__),
+                                                Path(tinyhelper.__file__)])
+    print(json.dumps({"total": tinycaller.total(4), "dropped": dropped,
+                      "hits": sum(tinycaller.total.stats.cache_hits.values())}))
+""")
+
+
+def _stale_run(folder: Path, mode: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", STALE_CHILD, str(folder), mode],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_change_to_an_inlined_helper_alone_drops_the_callers_cache(tmp_path):
+    """numba keys `total`'s cache on tinycaller.py alone, so after a change to the helper it
+    inlines (tinyhelper.py) it loads the old machine code (shown first, without the check: the
+    hazard is real); `drop_stale` sees the sources' digest change and drops it."""
+    (tmp_path / "tinycaller.py").write_text(CALLER)
+    helper = tmp_path / "tinyhelper.py"
+    helper.write_text(HELPER.replace("FACTOR", "2.0"))
+    first = _stale_run(tmp_path, "check")  # 2 x (0 + 1 + 2 + 3)
+    assert first["total"] == 12.0 and first["dropped"] is True  # no stamp yet
+    assert _stale_run(tmp_path, "check") == {"total": 12.0, "dropped": False, "hits": 1}
+    helper.write_text(HELPER.replace("FACTOR", "3.0"))  # same size: the stamp alone tells
+    assert _stale_run(tmp_path, "plain")["total"] == 12.0  # stale: numba's own check misses it
+    fresh = _stale_run(tmp_path, "check")
+    assert fresh["total"] == 18.0 and fresh["dropped"] is True and fresh["hits"] == 0
+    assert _stale_run(tmp_path, "check") == {"total": 18.0, "dropped": False, "hits": 1}

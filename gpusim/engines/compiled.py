@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numba
@@ -45,7 +46,8 @@ from gpusim.records import (HOLD_REASONS, LOST_REASONS, MECHANISMS, OUTCOMES, RE
                             HoldTable, LostReason, Mechanism, Outcome, Release, RunLog, TaskTable)
 from gpusim.protocol import BACKOFF_FACTOR, lock_key
 from gpusim.engines.jit_rng import jitter_factor, minute_of, task_state, uniform
-from gpusim.engines.numba_cache import load_cached
+from gpusim.engines import jit_rng
+from gpusim.engines.numba_cache import drop_stale, load_cached
 from gpusim.rng import stream_key
 from gpusim.schedule import ConfigChange
 from gpusim.timebins import MINUTE_S
@@ -84,6 +86,7 @@ STOP_CHECK_EVERY = 1 << 16
 _STOP_MASK = STOP_CHECK_EVERY - 1
 
 _INF = math.inf
+_SOURCES_CHECKED: list[bool] = []  # drop_stale has run in this process
 
 
 @njit(cache=True, inline="always")
@@ -1233,6 +1236,9 @@ def run_interruptibly(args: tuple[Any, ...]) -> tuple[Any, ...]:
     # load (or compile) the machine code here, where Ctrl-C interrupts plain Python
     stop = np.zeros(1, np.int64)
     args = (*args, stop)
+    if not _SOURCES_CHECKED:  # machine code inlined from jit_rng.py: numba_cache.drop_stale
+        drop_stale(_simulate, (Path(__file__), Path(jit_rng.__file__)))
+        _SOURCES_CHECKED.append(True)
     load_cached(_simulate, tuple(numba.typeof(a) for a in args))  # numba_cache: no full refresh
     out: dict[str, Any] = {}
     done = threading.Event()

@@ -19,13 +19,25 @@ The swap is made under numba's compiler lock, so no other thread's compile can m
 numba's internals are not what this expects, it is a plain `dispatcher.compile(sig)`.
 tests/test_numba_cache.py loads cached code, runs it, and then compiles new code in the same
 process.
+
+`drop_stale(dispatcher, sources)`: numba keys a cached function on its own source file's
+timestamp and size only, but the engine's machine code also holds what it inlined from another
+file (gpusim/engines/jit_rng.py): a change to that file alone would load the old code. A digest
+of every source the engine compiles from (and numba's version) is kept beside the cache; when it
+differs, those files' cache entries are dropped, so the next load compiles afresh.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
 
 from gpusim.engines.numba_start import load_numpy_support
+
+SOURCES_STAMP = "gpusim-engine-sources.sha256"
 
 
 def load_cached(dispatcher: Any, sig: tuple[Any, ...]) -> None:
@@ -58,3 +70,36 @@ def load_cached(dispatcher: Any, sig: tuple[Any, ...]) -> None:
             dispatcher.compile(sig)
         finally:
             vars(ctx).pop("refresh", None)
+
+
+def drop_stale(dispatcher: Any, sources: Sequence[Path]) -> bool:
+    """Drop the cache entries of ``sources`` when their digest (with numba's version) differs
+    from the one stamped beside the cache; returns whether it dropped them. Without a cache
+    directory it can write to, it does nothing: numba then compiles or caches elsewhere."""
+    import numba
+
+    try:
+        cache_dir = Path(dispatcher._cache._cache_path)
+        digest = hashlib.sha256(b"".join(Path(p).read_bytes() for p in sources)
+                                + numba.__version__.encode()).hexdigest()
+    except (AttributeError, OSError, TypeError):
+        return False
+    stamp = cache_dir / SOURCES_STAMP
+    try:
+        if stamp.read_text() == digest:
+            return False
+    except OSError:
+        pass
+    prefixes = tuple(f"{Path(p).stem}." for p in sources)
+    try:
+        for f in cache_dir.iterdir():
+            if f.name.startswith(prefixes) and f.suffix in (".nbi", ".nbc"):
+                f.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".stamp-")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(digest)
+        os.replace(tmp, stamp)  # whole or absent: a reader never sees half a digest
+    except OSError:
+        return False
+    return True
+
