@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -304,6 +306,31 @@ def test_lanes_replay_runs_side_by_side_each_against_its_own_server():
     assert res.inputs["pace_rtt_s"] == pytest.approx(float(np.median(rtts)))
 
 
+UNGUARDED = """
+from gpusim.config import GpuLockConfig
+from gpusim.real.replay import run_real
+from gpusim.traces.format import trace_from_rows
+rows = [dict(task_id=f"t{i}", task_type="ocr", arrival_s=float(i), duration_s=0.5)
+        for i in range(4)]
+cfg = GpuLockConfig(poll_interval=0.5, max_poll_interval=2, max_wait_time=60, lock_timeout=600,
+                    use_event_driven=False)
+res = run_real(trace_from_rows(rows), cfg, time_scale=50, runs=2, lanes=2, idle_window_s=0.05)
+print("RUNS", [r.run for r in res.runs], flush=True)
+"""
+
+
+@pytest.mark.redis
+def test_lanes_from_a_script_without_a_main_guard(tmp_path):
+    """A spawned process runs its parent's main script again unless it is guarded by
+    `if __name__ == "__main__":`; a lane must not (the script would replay in every lane)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("RUNS") == 1 and "RUNS [0, 1]" in done.stdout, done.stdout
+
+
 @pytest.mark.redis
 def test_a_lanes_redis_dying_saves_the_other_lanes_runs(tmp_path, monkeypatch):
     """Lane 1's redis-server is killed 1.5 s after the lanes are launched (a lane's interpreter
@@ -596,7 +623,7 @@ def test_cli_validate_exit_code_follows_the_verdict(app, tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("args,runs,seeds,lanes", [
-    ([], 6, 10, 2),                              # one lane per core (2 here), 3 runs a lane
+    ([], 6, 10, 2),                              # default_lanes (patched: 2), 3 runs a lane
     (["--redis-url", "redis://h:1/0"], 3, 10, 1),  # a given Redis: one run at a time
     (["--reference"], 3, 10, 1),                 # so with a control load
     (["--lanes", "4"], 12, 12, 4),               # seeds: as many as runs, to pair every run

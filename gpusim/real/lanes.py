@@ -2,11 +2,13 @@
 
 Why: a validation's intervals shrink with the number of real runs, and the runs are what take
 the time (the reference trace, 337 tasks at 100x, replays in 76 s). A replay is mostly sleeping
-threads, though: one keeps about 15% of a core busy on the project's 2-core VM, so a second one
-beside it costs little timing. Measured there, 2 lanes x 3 rounds (6 runs in 248 s, as long as 3
-runs one after another): sleep overshoot p95 0.20-0.35 ms (0.2-0.3 ms alone), SET counts
-338-350 against the model's 349 (SET row -0.2%); 4 lanes on those 2 cores were too many (p95
-0.8-1.4 ms, SET -4.8%). Hence the default, one lane per usable core (`default_lanes`).
+threads, though: four lanes and their simulation kept 46% of one core busy on the project's
+2-core VM, so runs beside each other cost little timing. Measured there on the reference case,
+2026-11-28: 2 lanes x 3 rounds, 6 runs in 4 min 10 s with the whole validation (3 runs one after
+another: 4 min 05 s), sleep overshoot p95 0.16 ms; 4 lanes x 3 rounds, 12 runs in 4 min 18 s,
+p95 0.35 ms and (another seed) 0.16-0.18 ms, SET errors -0.4% and +1.8% (one at a time: 0.2-0.3
+ms). Session 6 had seen 0.8-1.4 ms with four lanes on those cores, once. Hence the default, two
+lanes per usable core (`default_lanes`); the overshoot is reported with every validation.
 
 How: each lane is a process of its own (threads of one interpreter would share its GIL and the
 switch interval a run lowers) and replays against a private redis-server of its own, so INFO
@@ -24,25 +26,28 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import redis
 
+LANES_PER_CORE = 2
 MAX_AUTO_LANES = 8
 POLL_S = 0.5  # how often the parent looks for a lane that died without a word
 
 
 def default_lanes() -> int:
-    """One lane per core this process may run on, at most MAX_AUTO_LANES."""
+    """LANES_PER_CORE lanes per core this process may run on, at most MAX_AUTO_LANES."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
-    return max(1, min(n, MAX_AUTO_LANES))
+    return max(1, min(LANES_PER_CORE * n, MAX_AUTO_LANES))
 
 
 @dataclass
@@ -188,8 +193,30 @@ def _start_ignoring_sigint(procs: list[Any]) -> None:
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        for p in procs:
-            p.start()
+        with _main_module_hidden():
+            for p in procs:
+                p.start()
     finally:
         if main:
             signal.signal(signal.SIGINT, old)
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """A spawned process first runs the parent's main script again (multiprocessing does, so
+    that objects pickled from it resolve), and a script that calls `run_real(lanes=...)` without
+    an ``if __name__ == "__main__":`` guard would start its whole work again in every lane. A
+    lane needs nothing from it (its code and data are in gpusim), so while the lanes start the
+    main module shows neither its file nor its spec, from which multiprocessing finds it."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: vars(main)[k] for k in ("__file__", "__spec__") if k in vars(main)}
+    vars(main).pop("__file__", None)
+    if "__spec__" in saved:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        vars(main).update(saved)
