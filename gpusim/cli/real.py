@@ -120,13 +120,13 @@ def _counts(runs: int | None, seeds: int | None, lanes: int | None, *, one_at_a_
     """(runs, seeds, lanes) with their defaults: two lanes per usable core (gpusim.real.lanes)
     unless a given Redis, a control load or a YiVideo log needs one run at a time; three runs
     a lane; at least as many seeds as runs (each run is paired with its simulated twin)."""
-    from gpusim.real.lanes import default_lanes
+    from gpusim.real.lanes import MAX_AUTO_LANES, default_lanes
 
     for name, v in (("--runs", runs), ("--seeds", seeds), ("--lanes", lanes)):
         if v is not None and v < 1:
             raise fail(f"{name} must be >= 1", ExitCode.BAD_INPUT)
     if lanes is None:
-        lanes = 1 if one_at_a_time else min(default_lanes(), runs or default_lanes())
+        lanes = 1 if one_at_a_time else min(default_lanes(), runs or MAX_AUTO_LANES)
     if runs is None:
         runs = RUNS_PER_LANE * lanes
     return runs, (seeds if seeds is not None else max(10, runs)), lanes

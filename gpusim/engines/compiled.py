@@ -26,6 +26,7 @@ the one after each wake-up) stay events (why: at Q_TRY_KEY).
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import sys
@@ -86,7 +87,6 @@ STOP_CHECK_EVERY = 1 << 16
 _STOP_MASK = STOP_CHECK_EVERY - 1
 
 _INF = math.inf
-_SOURCES_CHECKED: list[bool] = []  # drop_stale has run in this process
 
 
 @njit(cache=True, inline="always")
@@ -1223,6 +1223,13 @@ class CompiledModel:
                       minute_deliveries=minute_dels, gpus=gpus, horizon_s=float(horizon))
 
 
+@functools.cache
+def _drop_stale_once() -> None:
+    """Once a process: the engine's machine code holds what it inlined from jit_rng.py, which
+    numba's own cache check does not look at (numba_cache.drop_stale)."""
+    drop_stale(_simulate, (Path(__file__), Path(jit_rng.__file__)))
+
+
 def run_interruptibly(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """`_simulate(*args)` such that Ctrl-C raises KeyboardInterrupt here, within milliseconds.
 
@@ -1236,9 +1243,7 @@ def run_interruptibly(args: tuple[Any, ...]) -> tuple[Any, ...]:
     # load (or compile) the machine code here, where Ctrl-C interrupts plain Python
     stop = np.zeros(1, np.int64)
     args = (*args, stop)
-    if not _SOURCES_CHECKED:  # machine code inlined from jit_rng.py: numba_cache.drop_stale
-        drop_stale(_simulate, (Path(__file__), Path(jit_rng.__file__)))
-        _SOURCES_CHECKED.append(True)
+    _drop_stale_once()
     load_cached(_simulate, tuple(numba.typeof(a) for a in args))  # numba_cache: no full refresh
     out: dict[str, Any] = {}
     done = threading.Event()

@@ -30,12 +30,12 @@ differs, those files' cache entries are dropped, so the next load compiles afres
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from gpusim.engines.numba_start import load_numpy_support
+from gpusim.errors import InputError
+from gpusim.output import atomic_write_text
 
 SOURCES_STAMP = "gpusim-engine-sources.sha256"
 
@@ -95,11 +95,7 @@ def drop_stale(dispatcher: Any, sources: Sequence[Path]) -> bool:
         for f in cache_dir.iterdir():
             if f.name.startswith(prefixes) and f.suffix in (".nbi", ".nbc"):
                 f.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".stamp-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(digest)
-        os.replace(tmp, stamp)  # whole or absent: a reader never sees half a digest
-    except OSError:
+        atomic_write_text(stamp, digest)  # a reader never sees half a digest
+    except (OSError, InputError):
         return False
     return True
-

@@ -36,6 +36,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import redis
 
+from gpusim.real.one_run import (RealResult, RedisDiedDuringRun, RedisUnavailable,
+                                 _control_client, _cuda_hold_factory, _local_pid, _measure_rtt,
+                                 _OneRun, _save_partial)
+from gpusim.real.server import PrivateRedis
+
 LANES_PER_CORE = 2
 MAX_AUTO_LANES = 8
 POLL_S = 0.5  # how often the parent looks for a lane that died without a word
@@ -62,8 +67,6 @@ class _LaneJob:
 
 def _lane_main(job: _LaneJob, out: Any, stop: Any) -> None:
     """A lane's process: its runs in order, each sent to the parent when it ends."""
-    from gpusim.real.one_run import (RedisUnavailable, _control_client, _cuda_hold_factory,
-                                     _local_pid, _OneRun)
     try:
         ctl, _ = _control_client(job.url)
         hold_fn = _cuda_hold_factory() if job.hold == "cuda" else None
@@ -91,14 +94,10 @@ class LaneFailed(RuntimeError):
 def replay_in_lanes(plan: list, runs: int, lanes: int, *, hold: str, pace: bool,
                     opts: dict[str, Any], inputs: dict[str, Any],
                     partial_path: str | Path | None,
-                    progress: Callable[[str], None] | None) -> Any:
+                    progress: Callable[[str], None] | None) -> RealResult:
     """``runs`` real runs over ``lanes`` processes, each with its own private redis-server.
     Returns a RealResult; raises RedisDiedDuringRun (partial results attached and saved) when a
     lane's Redis failed, LaneFailed when a lane failed otherwise."""
-    from gpusim.real.one_run import (RealResult, RedisDiedDuringRun, _control_client,
-                                     _measure_rtt, _save_partial)
-    from gpusim.real.server import PrivateRedis
-
     servers: list[PrivateRedis] = []
     try:
         for _ in range(lanes):
