@@ -1,9 +1,10 @@
 """How often `gpusim validate` wrongly FAILs a model that is right, and how often it concludes.
 
 A model that is right is the simulator itself: the "real" side is `simulate` with one base
-seed, the model side `simulate` with another, same trace, same config, three replications each
-(the CLI's default --runs 3; pairs r with r as validate does, but the streams differ, so the
-pairs share nothing: a harder case than a real replay paired by common random numbers). Each
+seed, the model side `simulate` with another, same trace, same config, as many replications
+each as the CLI's default --runs on this host (3 a lane, `gpusim.real.lanes.default_lanes`: 18
+on 2 cores; pairs r with r as validate does, but the streams differ, so the pairs share
+nothing: a harder case than a real replay paired by common random numbers). Each
 trial is judged by `gpusim.real.comparison.compare` with the default tolerances and intervals
 over the trace's regeneration cycles, exactly as `gpusim validate` judges.
 
@@ -18,8 +19,14 @@ Also measured: the coverage of the mean-wait interval (how often it holds the tr
 a deliberately wrong model (polls 30% slower than configured) against the right one, with
 independent seeds and with the real side's own seeds (common random numbers).
 
-    python bench/bench_validate.py [--trials 200] [--trace T.jsonl] [--config C.yml] [--only S]
-                                   [--seed 10000]
+Both sides are simulated as validate simulates a replay: at its time scale (default 100) with
+the round trip a paced replay keeps (default 0.55 ms). That matters: compressed 100x, a round
+trip and the window in which woken waiters race are 100 times larger against the trace's
+sleeps, so races decide more of the order of service (before session 8 the bench ran at 1x and
+understated how far a pair drifts apart).
+
+    python bench/bench_validate.py [--trials 200] [--runs N] [--time-scale 100] [--rtt-ms 0.55]
+                                   [--trace T.jsonl] [--config C.yml] [--only S] [--seed 10000]
 
 Default trace: the README's reference case (`gpusim trace synth --hours 2 --gpus 4 --load 0.7
 --seed 4`, about 340 tasks) on examples/cluster_1node_4gpu.yml, under examples/config.yml
@@ -41,6 +48,8 @@ from gpusim.cluster import load_cluster
 from gpusim.config import load_lock_settings
 from gpusim.real.comparison import compare
 from gpusim.real.cycles import regeneration_cycles
+from gpusim.cli.real import RUNS_PER_LANE
+from gpusim.real.lanes import default_lanes
 from gpusim.real.validate import validation_cluster
 from gpusim.simulation import simulate
 from gpusim.traces.format import load_trace
@@ -68,7 +77,8 @@ def _independent_wakeups(offset: int):
 
 
 def _judge(trace, real_cfg, model_cfg, cluster, cycles, trials: int, runs: int,
-           same_seeds: bool, wakeups_apart: bool = False, base: int = 10_000):
+           same_seeds: bool, wakeups_apart: bool = False, base: int = 10_000,
+           time_scale: float = 1.0):
     verdicts: Counter[str] = Counter()
     rows: dict[str, Counter[str]] = {}
     cover, scaled = [], []
@@ -76,10 +86,10 @@ def _judge(trace, real_cfg, model_cfg, cluster, cycles, trials: int, runs: int,
     for k in range(trials):
         with _independent_wakeups(10**6) if wakeups_apart else contextlib.nullcontext():
             real = simulate(trace, real_cfg, cluster, seed=base + k, replications=runs,
-                            engine=engine)
+                            engine=engine, time_scale=time_scale)
         model = simulate(trace, model_cfg, cluster, seed=base + (0 if same_seeds else 10_000) + k,
-                         replications=runs, engine=engine)
-        cmp_ = compare(real, model, cycles=cycles, paired=True)
+                         replications=runs, engine=engine, time_scale=time_scale)
+        cmp_ = compare(real, model, cycles=cycles, paired=True, time_scale=time_scale)
         verdicts[cmp_.verdict] += 1
         for r in cmp_.rows:
             if r.tolerance is not None:
@@ -106,8 +116,16 @@ def _show(title: str, trials: int, verdicts, rows, cover, scaled) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=RUNS_PER_LANE * default_lanes(),
+                    help="real runs a side (default: validate's on this host)")
     ap.add_argument("--seed", type=int, default=10_000, help="first trial's real-side seed")
+    ap.add_argument("--time-scale", type=float, default=100.0,
+                    help="the replay's speed-up, as validate's --time-scale (default: the "
+                         "issue's 100): the race windows of a round trip grow with it against "
+                         "the trace's sleeps")
+    ap.add_argument("--rtt-ms", type=float, default=0.55,
+                    help="the round trip a replay is paced with, replay ms (default: the 2-core "
+                         "VM's idle-wake round trip)")
     ap.add_argument("--trace", type=Path)
     ap.add_argument("--only", default="", help="run only the scenarios whose name has this")
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "config.yml")
@@ -119,12 +137,13 @@ def main() -> None:
              synthesize(SynthSpec(hours=2, gpus=4, load=0.7), 4))
     settings = load_lock_settings(a.config)
     cluster = load_cluster(a.cluster)
-    sim_cluster = validation_cluster(cluster, len(trace))
+    sim_cluster = validation_cluster(cluster, len(trace), rtt_s=a.rtt_ms / 1e3)
     cfg = settings.gpu_lock
     polling = cfg.model_copy(update={"use_event_driven": False})
     slow = polling.model_copy(update={"poll_interval": cfg.poll_interval * 1.3,
                                       "max_poll_interval": cfg.max_poll_interval * 1.3})
-    print(f"trace: {len(trace)} tasks; config {a.config.name}; {a.runs} runs a side")
+    print(f"trace: {len(trace)} tasks; config {a.config.name}; {a.runs} runs a side; time scale "
+          f"{a.time_scale:g}, round trip {a.rtt_ms:g} ms")
     # a right model against independent seeds (pairing the same seeds would be identical
     # runs); the wrong model also with the real side's own seeds (common random numbers, as a
     # real replay and its simulated twin share their jitter draws)
@@ -140,7 +159,7 @@ def main() -> None:
         cycles = regeneration_cycles(trace, real_cfg, cluster)
         t0 = time.perf_counter()
         v, rows, cover, scaled = _judge(trace, real_cfg, model_cfg, sim_cluster, cycles,
-                                        a.trials, a.runs, same, apart, a.seed)
+                                        a.trials, a.runs, same, apart, a.seed, a.time_scale)
         _show(f"{name} ({int(cycles.max()) + 1} cycles, {time.perf_counter() - t0:.0f} s)",
               a.trials, v, rows, cover, scaled)
 

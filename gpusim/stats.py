@@ -250,7 +250,7 @@ def _accepted(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
     return out
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)  # one entry is SIGN_FLIPS x n doubles: 40 MB for 18 runs x 70 cycles
 def _signs(n: int, seed: int) -> np.ndarray:
     """SIGN_FLIPS random sign vectors of length n (read-only: shared between calls)."""
     bits = np.random.default_rng(seed).integers(0, 2, size=(SIGN_FLIPS, n), dtype=np.int8)
@@ -274,7 +274,7 @@ def _edge(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, inside: fl
 
 def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: str,
                             tasks: Sequence[float] | None = None, *, scale: float,
-                            seed: int = 0) -> Interval:
+                            seed: int = 0, units: str = "regeneration cycles") -> Interval:
     """95% interval of the same error as `ratio_error_interval_df` by inverting a sign-flip
     (randomization) test over the units (regeneration cycles): the ratio R is kept when the
     observed sum of residuals x_u - R y_u is not in the outer 5% of its sums with each unit's
@@ -287,7 +287,7 @@ def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: s
     times wider than its coverage needs (bench/bench_validate.py). ``scale``: a width to
     search around the estimate (the t interval's half-width). Sign vectors from ``seed``:
     same inputs, same interval. NaN bounds when the units cannot exclude a ratio within 128
-    times ``scale`` (too few units that differ)."""
+    times ``scale`` (too few units that differ). ``units``: what a unit is, for the note."""
     s = np.asarray(sim, dtype=float)
     r = np.asarray(real, dtype=float)
     if kind == "abs":
@@ -297,7 +297,7 @@ def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: s
             return _relative_to_zero(float(s.sum()))
         x, y, shift = s, r, 1.0
     est = float(x.sum() / y.sum())
-    note = f"sign-flip interval over {len(x)} regeneration cycles"
+    note = f"sign-flip interval over {len(x)} {units}"
     w = _signs(len(x), seed)
     a, b = w @ x, w @ y
     half = max(float(scale), 1e-9 * max(abs(est), 1.0))
@@ -311,7 +311,7 @@ def signflip_ratio_interval(sim: Sequence[float], real: Sequence[float], kind: s
             hi = _edge(x, y, a, b, float(rs[j]), float(rs[j + 1]))
             return est - shift, lo - shift, hi - shift, note
         half *= 2
-    return est - shift, math.nan, math.nan, note + ": too few cycles differ to bound it"
+    return est - shift, math.nan, math.nan, note + ": too few units differ to bound it"
 
 
 def run_effect_check(per_run_errors: Sequence[float], cycle_interval: Interval,

@@ -120,6 +120,39 @@ def test_comparison_verdict_fail_beats_inconclusive_beats_pass():
     assert Comparison([row("a", "PASS"), missing], {}, 2, 10).verdict == "INCONCLUSIVE"
 
 
+def test_a_run_that_lost_its_schedule_turns_a_fail_into_inconclusive(capsys):
+    """A real run stalled by its host is not the protocol the model describes: a FAIL is then
+    INCONCLUSIVE (the rows keep their own verdicts), said on the verdict line; PASS stands. A
+    run is off schedule when a start, sleep or hold was more than 5 smallest scaled intervals
+    late (on the border: kept)."""
+    from types import SimpleNamespace as NS
+
+    from gpusim.cli.real import _verdict_exit
+    from gpusim.real.comparison import Comparison, MetricRow
+    from gpusim.real.validate import off_schedule
+
+    def run(i, late):
+        return NS(run=i, lateness={"start_max_s": 0.001, "sleep_overshoot_max_s": late,
+                                   "hold_overshoot_max_s": 0.002})
+
+    assert off_schedule(NS(runs=[run(0, 0.01), run(1, 0.1)]), 0.02) is None  # 0.1 = 5 x 0.02
+    why = off_schedule(NS(runs=[run(0, 0.01), run(1, 0.35), run(2, 0.2)]), 0.02)
+    assert why.startswith("2 of 3 real runs lost the replay's schedule (run 2, 3: stalled up "
+                          "to 350 ms") and "100 ms" in why
+    fail = MetricRow("SET", "SET", "rel", 1.0, None, 1.1, None, 0.1, 0.07, 0.13, 0.05, "FAIL",
+                     False)
+    ok = MetricRow("GET", "GET", "rel", 1.0, None, 1.0, None, 0.0, -0.01, 0.01, 0.05, "PASS", True)
+    cmp_ = Comparison([fail, ok], {}, 3, 3)
+    assert cmp_.verdict == "FAIL"
+    cmp_.off_schedule = why
+    assert cmp_.rows_verdict == "FAIL" and cmp_.verdict == "INCONCLUSIVE"
+    assert cmp_.to_json()["off_schedule"] == why and fail.verdict == "FAIL"
+    assert Comparison([ok], {}, 3, 3, off_schedule=why).verdict == "PASS"
+    assert _verdict_exit(cmp_, 3, 100).exit_code == 3
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "validation INCONCLUSIVE: SET outside tolerance, but 2 of 3 real runs" in printed
+
+
 def test_welch_interval_covers_zero_about_95_percent_under_the_null():
     """Both sides from one distribution: the 95% interval must hold 0 in ~95% of trials.
     Seeded, so deterministic; with a fresh seed the coverage of 600 trials has sd 0.9 points,

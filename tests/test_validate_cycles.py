@@ -177,6 +177,39 @@ def test_signflip_intervals_cover_the_truth(small, self_pairs):
         assert half <= 6 * res[:, 0].std(), (field, half, res[:, 0].std())
 
 
+def test_paired_rows_flip_each_run_and_cycle(small, self_pairs):
+    """With several runs a side, a paired row's units are (run, cycle): run r's total in a
+    cycle and its twin's are exchangeable under a right model and independent of every other
+    run and cycle. Two runs a side (replications k and k + 75 of each seed: 75 trials from the
+    fixture's 150 replications), the interval over the 2 x cycles units must hold the truth in
+    >= 66 of 75 trials: were its coverage 0.95, that fails by chance with probability
+    P(Bin(75, 0.05) >= 10) = 0.4% (seeded, so deterministic). Its mean half-width is bounded
+    as above. And compare() judges a paired row on exactly those units."""
+    from gpusim.real.comparison import _run_cycle_units
+
+    tr, _, vc, cyc = small
+    oa, ob = self_pairs
+    k = int(cyc.max()) + 1
+    ones = np.ones((2, len(cyc)))
+    res = []
+    for t in range(75):
+        pick = [t, t + 75]
+        x, y, n = (_run_cycle_units(v, cyc, k) / 2
+                   for v in (ob.field("wait_s")[pick], oa.field("wait_s")[pick], ones))
+        assert len(x) == 2 * k and x.sum() == pytest.approx(
+            ob.field("wait_s")[pick].mean(axis=0).sum())
+        scale = st.ratio_error_interval(x, y, "rel")
+        res.append(st.signflip_ratio_interval(x, y, "rel", n, scale=(scale[2] - scale[1]) / 2)
+                   [:3])
+    res = np.array(res)
+    assert np.sum((res[:, 1] <= 0) & (0 <= res[:, 2])) >= 66
+    assert np.mean(res[:, 2] - res[:, 1]) / 2 <= 6 * res[:, 0].std()
+    cmp_ = compare(simulate(tr, POLLING, vc, seed=5, replications=2),
+                   simulate(tr, POLLING, vc, seed=6, replications=2), cycles=cyc, paired=True)
+    row = next(r for r in cmp_.rows if r.name == "wait_mean_s")
+    assert f"{2 * k} (run, cycle) units (2 runs x {k} regeneration cycles)" in row.note, row
+
+
 def test_wrong_model_fails_and_the_right_one_does_not(small):
     """Polls 30% slower than configured on the model side only, three CRN pairs: the GET count
     falls by about a sixth (one GET per poll), beyond its 5% band. Measured over 80 fresh seeds

@@ -51,7 +51,7 @@ SeedsOpt = Annotated[Optional[int], typer.Option(
     "--seeds", help="simulated replications", show_default="10, or --runs if more")]
 LanesOpt = Annotated[Optional[int], typer.Option(
     "--lanes", help="real replays side by side, each in a process of its own against a private "
-                    "redis-server of its own", show_default="two per CPU core (at most 8); 1 "
+                    "redis-server of its own", show_default="three per CPU core (at most 8); 1 "
                                                             "with --redis-url, --reference or "
                                                             "--yivideo-log")]
 VERDICT_EXIT = {"PASS": ExitCode.OK, "FAIL": ExitCode.FAIL, "INCONCLUSIVE": ExitCode.INCONCLUSIVE}
@@ -117,7 +117,7 @@ def _check_outputs(*paths: Path | None) -> None:
 
 def _counts(runs: int | None, seeds: int | None, lanes: int | None, *, one_at_a_time: bool
             ) -> tuple[int, int, int]:
-    """(runs, seeds, lanes) with their defaults: two lanes per usable core (gpusim.real.lanes)
+    """(runs, seeds, lanes) with their defaults: three lanes per usable core (gpusim.real.lanes)
     unless a given Redis, a control load or a YiVideo log needs one run at a time; three runs
     a lane; at least as many seeds as runs (each run is paired with its simulated twin)."""
     from gpusim.real.lanes import MAX_AUTO_LANES, default_lanes
@@ -284,6 +284,11 @@ def _verdict_exit(cmp_: Any, runs: int, n_tasks: int) -> typer.Exit:
     elif v == "FAIL":
         failed = ", ".join(r.label for r in cmp_.rows if r.verdict == "FAIL")
         o.print(f"[red]validation FAILS[/] ({escape(failed)})")
+    elif cmp_.rows_verdict == "FAIL":  # a FAIL the replay's own stalls may explain
+        failed = ", ".join(r.label for r in cmp_.rows if r.verdict == "FAIL")
+        o.print(f"[yellow]validation INCONCLUSIVE: {escape(failed)} outside tolerance, but "
+                f"{escape(cmp_.off_schedule or '')}; the host, not the model, may be what "
+                "differs: fewer --lanes or a quieter host[/]")
     else:
         o.print("[yellow]validation INCONCLUSIVE: an interval straddles its tolerance (too "
                 "little data to say)[/]")

@@ -7,8 +7,12 @@ threads, though: four lanes and their simulation kept 46% of one core busy on th
 2026-11-28: 2 lanes x 3 rounds, 6 runs in 4 min 10 s with the whole validation (3 runs one after
 another: 4 min 05 s), sleep overshoot p95 0.16 ms; 4 lanes x 3 rounds, 12 runs in 4 min 18 s,
 p95 0.35 ms and (another seed) 0.16-0.18 ms, SET errors -0.4% and +1.8% (one at a time: 0.2-0.3
-ms). Session 6 had seen 0.8-1.4 ms with four lanes on those cores, once. Hence the default, two
-lanes per usable core (`default_lanes`); the overshoot is reported with every validation.
+ms). Session 6 had seen 0.8-1.4 ms with four lanes on those cores, once. Session 8: 6 lanes x 3
+rounds, 18 runs in 4 min 18 s, p95 0.19-0.25 ms in every run (worst single sleep 11 ms); 8 lanes
+x 3 rounds were fine in the first round (p95 0.3 ms) but not after (a run's p95 up to 4.5 ms,
+single stalls of 0.3-1.8 s, SET counts 11% high: the replay no longer kept its schedule). Hence
+the default, three lanes per usable core (`default_lanes`); the overshoot is reported with every
+validation.
 
 How: each lane is a process of its own (threads of one interpreter would share its GIL and the
 switch interval a run lowers) and replays against a private redis-server of its own, so INFO
@@ -41,7 +45,7 @@ from gpusim.real.one_run import (RealResult, RedisDiedDuringRun, RedisUnavailabl
                                  _OneRun, _save_partial)
 from gpusim.real.server import PrivateRedis
 
-LANES_PER_CORE = 2
+LANES_PER_CORE = 3
 MAX_AUTO_LANES = 8
 POLL_S = 0.5  # how often the parent looks for a lane that died without a word
 
