@@ -122,14 +122,15 @@ def test_comparison_verdict_fail_beats_inconclusive_beats_pass():
 
 def test_a_run_that_lost_its_schedule_turns_a_fail_into_inconclusive(capsys):
     """A real run stalled by its host is not the protocol the model describes: a FAIL is then
-    INCONCLUSIVE (the rows keep their own verdicts), said on the verdict line; PASS stands. A
-    run is off schedule when a start, sleep or hold was more than 5 smallest scaled intervals
-    late (on the border: kept)."""
+    INCONCLUSIVE (the rows keep their own verdicts), said on the verdict line, unless the runs
+    that kept their schedule FAIL on their own; PASS stands. A run is off schedule when a
+    start, sleep or hold was more than 5 smallest scaled intervals late (on the border:
+    kept)."""
     from types import SimpleNamespace as NS
 
     from gpusim.cli.real import _verdict_exit
     from gpusim.real.comparison import Comparison, MetricRow
-    from gpusim.real.validate import off_schedule
+    from gpusim.real.validate import judge_schedule, off_schedule
 
     def run(i, late):
         return NS(run=i, lateness={"start_max_s": 0.001, "sleep_overshoot_max_s": late,
@@ -142,10 +143,24 @@ def test_a_run_that_lost_its_schedule_turns_a_fail_into_inconclusive(capsys):
     fail = MetricRow("SET", "SET", "rel", 1.0, None, 1.1, None, 0.1, 0.07, 0.13, 0.05, "FAIL",
                      False)
     ok = MetricRow("GET", "GET", "rel", 1.0, None, 1.0, None, 0.0, -0.01, 0.01, 0.05, "PASS", True)
-    cmp_ = Comparison([fail, ok], {}, 3, 3)
-    assert cmp_.verdict == "FAIL"
-    cmp_.off_schedule = why
+    real = NS(runs=[run(0, 0.01), run(1, 0.35), run(2, 0.2), run(3, 0.05)])
+    asked = []
+
+    def rejudge(verdict):
+        def judge(kept):
+            asked.append(kept)
+            return Comparison([fail if verdict == "FAIL" else ok], {}, len(kept), len(kept))
+        return judge
+
+    stands = Comparison([fail, ok], {}, 4, 4)
+    judge_schedule(stands, real, 0.02, rejudge("FAIL"))
+    assert asked == [[0, 3]] and stands.verdict == "FAIL" and stands.off_schedule is None
+    assert "the FAIL stands, the 2 runs that kept it FAIL on their own" in stands.notes[-1]
+    cmp_ = Comparison([fail, ok], {}, 4, 4)
+    judge_schedule(cmp_, real, 0.02, rejudge("PASS"))
     assert cmp_.rows_verdict == "FAIL" and cmp_.verdict == "INCONCLUSIVE"
+    assert cmp_.off_schedule.startswith("2 of 4 real runs lost the replay's schedule (run 2, 3")
+    cmp_.off_schedule = why
     assert cmp_.to_json()["off_schedule"] == why and fail.verdict == "FAIL"
     assert Comparison([ok], {}, 3, 3, off_schedule=why).verdict == "PASS"
     assert _verdict_exit(cmp_, 3, 100).exit_code == 3

@@ -87,7 +87,8 @@ RULE = ("per judged row: PASS when the whole 95% interval of the error lies insi
         "[-tol, +tol] (equivalence), FAIL when it lies wholly outside, INCONCLUSIVE when it "
         "straddles an edge. Overall: FAIL if any row FAILs, PASS if every judged row PASSes, "
         "else INCONCLUSIVE; a FAIL is INCONCLUSIVE instead when a real run lost the replay's "
-        "schedule (the host, not the model, may be what differs)")
+        "schedule and the runs that kept it do not FAIL on their own (the host, not the "
+        "model, may be what differs)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,8 +219,9 @@ class Comparison:
     @property
     def verdict(self) -> str:
         """`rows_verdict`, except that a FAIL is INCONCLUSIVE when a real run lost the replay's
-        schedule (`off_schedule`): a replay stalled by its host is not the lock protocol the
-        model describes, so the difference may be the host's."""
+        schedule and the runs that kept it do not FAIL on their own (`off_schedule`, set by
+        `gpusim.real.validate.judge_schedule`): a replay stalled by its host is not the lock
+        protocol the model describes, so the difference may be the host's."""
         v = self.rows_verdict
         return st.INCONCLUSIVE if v == st.FAIL and self.off_schedule else v
 
