@@ -4,7 +4,8 @@ Plain functions with typer annotations; `register(app)` mounts them on the main 
 Exit codes (gpusim.exitcodes): validate 0 every judged metric PASSes (its whole 95% interval
 inside the band), 1 a metric FAILs (wholly outside; or Redis died mid-run: partial results
 saved), 2 bad input (files, values, the --json path, an unreachable Redis URL), 3 INCONCLUSIVE
-(no FAIL, but an interval straddles its band: more runs or a longer trace), also ``--hold cuda``
+(no FAIL, but an interval straddles its band: more runs or a longer trace; or a FAIL that real
+runs stalled by their host may explain: gpusim.real.validate.judge_schedule), also ``--hold cuda``
 skipped for want of CUDA (nothing was judged);
 calibrate-redis 0 done, 2 bad input or an unreachable Redis.
 """
@@ -340,7 +341,8 @@ def validate(
     """Replay a trace against a real Redis, simulate it, and judge the model.
 
     Verdict (an equivalence test): PASS when every judged row's 95% interval lies inside its
-    tolerance, FAIL when one lies wholly outside, INCONCLUSIVE otherwise.
+    tolerance, FAIL when one lies wholly outside, INCONCLUSIVE otherwise (also a FAIL when real
+    runs lost the replay's schedule and the others do not FAIL on their own).
     Exit codes: 0 PASS, 1 FAIL (or Redis died mid-run), 2 bad input, 3 INCONCLUSIVE or
     --hold cuda skipped without CUDA, 130 interrupted.
     """
