@@ -113,6 +113,9 @@ def test_comparison_verdict_fail_beats_inconclusive_beats_pass():
     text = advice(inc, runs=2, tasks=8)
     assert "b +0.0% ±30.0% (tolerance ±5%)" in text
     assert "--runs 72" in text and "8 tasks" in text
+    # and what they cost: 72 runs at 6 lanes are 12 rounds of 76 s, 15 min
+    assert ("--runs 72 (12 rounds of 6 lanes at about 76 s a run: about 15 min of replay"
+            in advice(inc, runs=2, tasks=8, lanes=6, run_s=76.0))
     assert Comparison([row("a", "FAIL"), wide], {}, 2, 10).verdict == "FAIL"
     assert Comparison([info], {}, 2, 10).verdict == "INCONCLUSIVE"  # nothing judged
     missing = MetricRow("c", "c", "rel", None, None, None, None, None, None, None, 0.05, "N/A",

@@ -274,8 +274,10 @@ def _observed(tr: Any, settings: Any, cl: Any, *, seeds: int, seed: int,
     return _verdict_exit(cmp_, 1, len(tr))
 
 
-def _verdict_exit(cmp_: Any, runs: int, n_tasks: int) -> typer.Exit:
-    """Print the verdict line (and, when INCONCLUSIVE, what to do about it); the exit code."""
+def _verdict_exit(cmp_: Any, runs: int, n_tasks: int, *, lanes: int = 1,
+                  run_s: float | None = None) -> typer.Exit:
+    """Print the verdict line (and, when INCONCLUSIVE, what to do about it, with what the runs
+    it asks for cost at ``lanes``, a real run lasting ``run_s``); the exit code."""
     from gpusim.real.comparison import advice
 
     v = cmp_.verdict
@@ -293,7 +295,8 @@ def _verdict_exit(cmp_: Any, runs: int, n_tasks: int) -> typer.Exit:
     else:
         o.print("[yellow]validation INCONCLUSIVE: an interval straddles its tolerance (too "
                 "little data to say)[/]")
-        o.print(escape(advice(cmp_, runs=runs, tasks=n_tasks)), highlight=False)
+        o.print(escape(advice(cmp_, runs=runs, tasks=n_tasks, lanes=lanes, run_s=run_s)),
+                highlight=False)
     return typer.Exit(int(VERDICT_EXIT[v]))
 
 
@@ -375,7 +378,8 @@ def validate(
     if outcomes is not None:
         _write_outcomes(outcomes, tr, real, settings, cl, time_scale)
     _print_report(cmp_, len(tr), time_scale)
-    raise _verdict_exit(cmp_, runs, len(tr))
+    run_s = sum(r.elapsed_s for r in real.runs) / len(real.runs) if real.runs else None
+    raise _verdict_exit(cmp_, runs, len(tr), lanes=lanes, run_s=run_s)
 
 
 def calibrate_redis(

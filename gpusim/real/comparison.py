@@ -546,10 +546,12 @@ def data_factor(row: MetricRow) -> float | None:
     return (hw / room) ** 2
 
 
-def advice(cmp_: Comparison, *, runs: int, tasks: int | None = None) -> str:
+def advice(cmp_: Comparison, *, runs: int, tasks: int | None = None, lanes: int = 1,
+           run_s: float | None = None) -> str:
     """What to do about an INCONCLUSIVE comparison, in numbers: which rows straddle an edge of
     their band, their error and half-width, and about how many runs would settle each if the
-    error stayed where it is (`data_factor`)."""
+    error stayed where it is (`data_factor`); with ``run_s`` (a real run's mean length), what
+    those runs cost at ``lanes`` side by side."""
     parts = []
     need = runs
     for r in cmp_.too_wide():
@@ -567,5 +569,10 @@ def advice(cmp_: Comparison, *, runs: int, tasks: int | None = None) -> str:
     if parts:
         msg = "interval straddles the tolerance: " + "; ".join(parts) + ". "
     more = (f"try about --runs {min(need, 1000)}" if need > runs else "try more --runs")
+    if need > runs and run_s:
+        rounds = math.ceil(min(need, 1000) / max(lanes, 1))
+        more += (f" ({rounds} rounds of {lanes} lane{'s' if lanes > 1 else ''} at about "
+                 f"{run_s:.0f} s a run: about {rounds * run_s / 60:.0f} min of replay; more "
+                 "--lanes on a host with more cores)")
     msg += more + " or a longer trace" + (f" (this one has {tasks} tasks)" if tasks else "")
     return msg
