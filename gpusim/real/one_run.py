@@ -289,14 +289,17 @@ class _OneRun:
             raise RedisUnavailable(f"cannot open {len(self.plan)} x 2 connections to Redis: "
                                    f"{exc}") from None
 
-    def _idle_before(self) -> dict[str, Any]:
-        before, cpu0 = _info_snapshot(self.ctl)
-        rc0 = self.ref_cpu()
-        ti = self.clock()
+    def _idle_window(self) -> tuple[tuple[dict[str, int], float, float, float], ...]:
+        """One idle window: (INFO commandstats, server CPU, reference CPU, clock) at its start
+        and at its end."""
+        info0, cpu0 = _info_snapshot(self.ctl)
+        start = (info0, cpu0, self.ref_cpu(), self.clock())
         time.sleep(self.idle_window_s)
-        mid, cpu1 = _info_snapshot(self.ctl)
-        rc1 = self.ref_cpu()
-        mid_t = self.clock()
+        info1, cpu1 = _info_snapshot(self.ctl)
+        return start, (info1, cpu1, self.ref_cpu(), self.clock())
+
+    def _idle_before(self) -> dict[str, Any]:
+        (_, cpu0, rc0, ti), (mid, cpu1, rc1, mid_t) = self._idle_window()
         return dict(cpu0=cpu0, rc0=rc0, ti=ti, mid=mid, cpu1=cpu1, rc1=rc1, mid_t=mid_t,
                     vcs0=_voluntary_switches(self.server_pid))
 
@@ -408,13 +411,8 @@ class _OneRun:
                     ) -> tuple[dict[str, int], float, float, dict[str, float] | None]:
         """A second idle window after the run (connections still open): the idle rate is the
         mean of both windows, which halves the noise of a single short window."""
-        after, cpu2 = _info_snapshot(self.ctl)
-        rc2 = self.ref_cpu()
-        tj = self.clock()
-        time.sleep(self.idle_window_s)
-        _, cpu3 = _info_snapshot(self.ctl)
-        rc3 = self.ref_cpu()
-        idle_s = (s["mid_t"] - s["ti"]) + (self.clock() - tj)
+        (after, cpu2, rc2, tj), (_, cpu3, rc3, tk) = self._idle_window()
+        idle_s = (s["mid_t"] - s["ti"]) + (tk - tj)
         idle_rate = max(0.0, ((s["cpu1"] - s["cpu0"]) + (cpu3 - cpu2)) / idle_s)
         ref = None
         if self.reference is not None:

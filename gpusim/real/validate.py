@@ -255,8 +255,9 @@ def off_schedule(real: RealResult, smallest_s: float) -> str | None:
     were never more than 75 ms late (p95 overshoot 0.12-0.47 ms) and counted 344 SETs on
     average; 33 stalled by 106-1809 ms (a host crowded by 8 lanes, or hiccups of the VM that
     hit every lane at once) and counted 386 (+12%: stalled clients lose GET-then-SET races)."""
+    stalls = _stalls(real)
     limit = STALL_INTERVALS * smallest_s
-    lost = [(r.run, _stall(r)) for r in real.runs if _stall(r) > limit]
+    lost = [(r.run, late) for r, late in zip(real.runs, stalls) if late > limit]
     if not lost:
         return None
     return (f"{len(lost)} of {len(real.runs)} real runs lost the replay's schedule (run "
@@ -265,8 +266,9 @@ def off_schedule(real: RealResult, smallest_s: float) -> str | None:
               f"{STALL_INTERVALS:g} x the smallest scaled interval, {limit * 1e3:.0f} ms)")
 
 
-def _stall(run: RealRun) -> float:
-    return max(run.lateness.get(k, 0.0) for k in LATE_KEYS)
+def _stalls(real: RealResult) -> list[float]:
+    """Each run's longest delay: a task's start, a sleep's or a hold's end."""
+    return [max(r.lateness.get(k, 0.0) for k in LATE_KEYS) for r in real.runs]
 
 
 def judge_schedule(cmp_: Comparison, real: RealResult, smallest_s: float,
@@ -281,7 +283,7 @@ def judge_schedule(cmp_: Comparison, real: RealResult, smallest_s: float,
     if cmp_.rows_verdict != "FAIL":
         cmp_.notes.append(why)
         return
-    kept = [i for i, r in enumerate(real.runs) if _stall(r) <= STALL_INTERVALS * smallest_s]
+    kept = [i for i, late in enumerate(_stalls(real)) if late <= STALL_INTERVALS * smallest_s]
     if len(kept) >= 2 and rejudge(kept).rows_verdict == "FAIL":
         cmp_.notes.append(f"{why}: the FAIL stands, the {len(kept)} runs that kept it FAIL on "
                           "their own")
